@@ -1,0 +1,146 @@
+"""What the dispatch layer needs to know about a kernel set's native arrays.
+
+Two kinds exist: NumPy arrays (the numpy, numba and cython sets) and torch tensors (the torch
+set). The checks in ``_front`` are written once against this small interface, so every set is
+checked by the same code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class NumpyArrays:
+    """numpy.ndarray as the native array of a set."""
+
+    type_name = "numpy.ndarray"
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+
+    def is_native(self, x) -> bool:
+        return isinstance(x, np.ndarray)
+
+    def dtype(self, x) -> np.dtype:
+        return x.dtype
+
+    def is_integer(self, x) -> bool:
+        return np.issubdtype(x.dtype, np.integer)
+
+    def on_device(self, x) -> bool:
+        return True
+
+    def asarray(self, a):
+        return np.asarray(a)
+
+    def to_numpy(self, x) -> np.ndarray:
+        return np.asarray(x)
+
+    def empty(self, shape, dtype):
+        return np.empty(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype):
+        return np.zeros(shape, dtype=dtype)
+
+    def scalar(self, value, dtype):
+        return np.asarray(value, dtype=dtype)
+
+    def is_c_contiguous(self, x) -> bool:
+        return x.flags.c_contiguous
+
+    def is_f_contiguous(self, x) -> bool:
+        return x.flags.f_contiguous
+
+    def writeable(self, x) -> bool:
+        return x.flags.writeable
+
+    def contiguous(self, x):
+        return np.ascontiguousarray(x)
+
+    def labels(self, x):
+        """Labels as a contiguous int64 array (no copy when they already are)."""
+        return np.ascontiguousarray(x, dtype=np.int64)
+
+    def min_max(self, x):
+        return int(x.min()), int(x.max())
+
+    def overlaps(self, a, b) -> bool:
+        return np.may_share_memory(a, b)
+
+    def copy_into(self, dst, src):
+        dst[...] = src
+
+
+class TorchArrays:
+    """torch.Tensor as the native array of a set, on one device."""
+
+    type_name = "torch.Tensor"
+
+    def __init__(self, device: str = "cpu"):
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self._to_numpy_dtype = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+        self._to_torch_dtype = {v: k for k, v in self._to_numpy_dtype.items()}
+        self._int_dtypes = {torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64}
+
+    def is_native(self, x) -> bool:
+        return isinstance(x, self.torch.Tensor)
+
+    def dtype(self, x) -> np.dtype | str:
+        # An unsupported torch dtype is reported by its torch name ("torch.float16").
+        return self._to_numpy_dtype.get(x.dtype, str(x.dtype))
+
+    def is_integer(self, x) -> bool:
+        return x.dtype in self._int_dtypes
+
+    def on_device(self, x) -> bool:
+        return x.device.type == self.device.type and (
+            self.device.index is None or x.device.index == self.device.index
+        )
+
+    def asarray(self, a):
+        a = np.asarray(a)
+        return self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+
+    def to_numpy(self, x) -> np.ndarray:
+        return x.detach().cpu().numpy()
+
+    def empty(self, shape, dtype):
+        return self.torch.empty(shape, dtype=self._to_torch_dtype[np.dtype(dtype)], device=self.device)
+
+    def zeros(self, shape, dtype):
+        return self.torch.zeros(shape, dtype=self._to_torch_dtype[np.dtype(dtype)], device=self.device)
+
+    def scalar(self, value, dtype):
+        if isinstance(value, self.torch.Tensor):
+            return value.reshape(())
+        return self.torch.tensor(value, dtype=self._to_torch_dtype[np.dtype(dtype)], device=self.device)
+
+    def is_c_contiguous(self, x) -> bool:
+        return x.is_contiguous()
+
+    def is_f_contiguous(self, x) -> bool:
+        return x.ndim == 2 and x.t().is_contiguous()
+
+    def writeable(self, x) -> bool:
+        return not x.requires_grad or not x.is_leaf
+
+    def contiguous(self, x):
+        return x.contiguous()
+
+    def labels(self, x):
+        return x.to(self.torch.int64).contiguous()
+
+    def min_max(self, x):
+        lo, hi = self.torch.aminmax(x)
+        return int(lo), int(hi)
+
+    def overlaps(self, a, b) -> bool:
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+    def copy_into(self, dst, src):
+        dst.copy_(src)

@@ -1,0 +1,411 @@
+"""The one front every kernel set sits behind: checks, allocation, then the set's kernel.
+
+Design (after scikit-learn's Cython losses and PyTorch's dispatcher):
+
+* Every public op is defined once, here, with the interface's signature. It checks its
+  arguments, allocates outputs, and only then calls the backend's kernel of the same name.
+  Backends never see unchecked input, so compiled kernels can run with bounds checks off.
+* Backends receive C-contiguous arrays of one float dtype and preallocated outputs that do not
+  overlap the inputs. A Fortran-ordered matmul operand is passed as its (C-contiguous)
+  transpose with the trans flag flipped, so transposes cost no copy; any other strided input
+  is copied once to contiguous memory.
+* Outputs the caller passes (``out=``) are written and returned. When such an ``out`` is not
+  contiguous, or overlaps an input in a way the kernel cannot handle, the kernel writes a
+  scratch array that is then copied into ``out``.
+
+The backend protocol (every argument already checked; arrays C-contiguous)::
+
+    matmul(a, b, out, trans_a, trans_b)                           # out = op(a) @ op(b)
+    relu(x, out)
+    relu_backward(grad_y, y, out)
+    softmax_cross_entropy(logits, labels_int64, grad) -> loss     # float or 0-d native array
+    linear(x, w, b, out, relu)
+    linear_backward(x, w, y, grad_y, grad_x_or_None, grad_w, grad_b, relu)
+    sgd_step(param, grad, velocity_or_None, lr, momentum, weight_decay)
+    adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay)
+    set_threads(n)
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from ._arrays import FLOAT_DTYPES
+
+# The thread count last applied to each backend's threading runtime (Numba's, OpenMP's,
+# torch's, BLAS's). Each set applies its own count before an op when it differs, so two sets
+# made with different ``threads=`` in one process each run with their own.
+_applied_threads: dict[str, int] = {}
+
+
+def _shape(x) -> tuple:
+    return tuple(int(n) for n in x.shape)
+
+
+def _dims(dims) -> str:
+    return "(" + ", ".join(dims) + ")"
+
+
+class KernelSet:
+    """A kernel set: the interface's ops, checked here, computed by ``backend``."""
+
+    def __init__(self, name: str, backend, arrays, device: str, threads: int):
+        self.name = name
+        self.device = device
+        self.threads = threads
+        self._backend = backend
+        self._arrays = arrays
+        self._threads_key = getattr(backend, "THREADS_KEY", name)
+
+    def __repr__(self) -> str:
+        return f"<kernel set {self.name!r} device={self.device!r} threads={self.threads}>"
+
+    # ------------------------------------------------------------------ conversion
+
+    def asarray(self, a):
+        """A NumPy array (or anything np.asarray takes) as this set's native array."""
+        return self._arrays.asarray(a)
+
+    def to_numpy(self, x) -> np.ndarray:
+        """A native array of this set as a numpy.ndarray."""
+        if not self._arrays.is_native(x):
+            raise TypeError(f"to_numpy: expected a {self._arrays.type_name}, got {type(x).__name__}")
+        return self._arrays.to_numpy(x)
+
+    # ------------------------------------------------------------------ the ops
+
+    def matmul(self, a, b, *, trans_a=False, trans_b=False, out=None):
+        """op(a) @ op(b), where op transposes its argument when trans_a / trans_b is set."""
+        op = "matmul"
+        trans_a = self._flag(op, "trans_a", trans_a)
+        trans_b = self._flag(op, "trans_b", trans_b)
+        dims_a = ("k", "m") if trans_a else ("m", "k")
+        dims_b = ("n", "k") if trans_b else ("k", "n")
+        self._float(op, "a", a, dims_a)
+        self._float(op, "b", b, dims_b)
+        dtype = self._same_dtype(op, a=a, b=b)
+        size = self._bind(op, [("a", a, dims_a, f"trans_a={trans_a}"), ("b", b, dims_b, f"trans_b={trans_b}")])
+        shape = (size["m"], size["n"])
+        target = self._out(op, "out", out, shape, dtype, inputs=(a, b))
+        self._sync_threads()
+        a, trans_a = self._operand(a, trans_a)
+        b, trans_b = self._operand(b, trans_b)
+        self._backend.matmul(a, b, target, trans_a, trans_b)
+        return self._finish(out, target)
+
+    def relu(self, x, *, out=None):
+        """max(x, 0), elementwise."""
+        op = "relu"
+        self._float(op, "x", x, ("batch", "features"), any_ndim=True)
+        dtype = self._same_dtype(op, x=x)
+        target = self._out(op, "out", out, _shape(x), dtype, inputs=(x,), elementwise=True)
+        self._sync_threads()
+        self._backend.relu(self._c(x), target)
+        return self._finish(out, target)
+
+    def relu_backward(self, grad_y, y, *, out=None):
+        """grad_y * (y > 0): the gradient through a ReLU whose output was y."""
+        op = "relu_backward"
+        self._float(op, "grad_y", grad_y, (), any_ndim=True)
+        self._float(op, "y", y, (), any_ndim=True)
+        dtype = self._same_dtype(op, grad_y=grad_y, y=y)
+        if _shape(grad_y) != _shape(y):
+            raise ValueError(
+                f"{op}: grad_y has shape {_shape(grad_y)} but y has shape {_shape(y)}; they must match"
+            )
+        target = self._out(op, "out", out, _shape(y), dtype, inputs=(grad_y, y), elementwise=True)
+        self._sync_threads()
+        self._backend.relu_backward(self._c(grad_y), self._c(y), target)
+        return self._finish(out, target)
+
+    def softmax_cross_entropy(self, logits, labels, *, out=None):
+        """(mean cross-entropy loss as a 0-d array, its gradient with respect to logits).
+
+        grad = (softmax(logits) - onehot(labels)) / batch. ``out``, if given, receives grad.
+        """
+        op = "softmax_cross_entropy"
+        dims = ("batch", "classes")
+        self._float(op, "logits", logits, dims)
+        dtype = self._same_dtype(op, logits=logits)
+        batch, classes = _shape(logits)
+        labels = self._labels(op, labels, batch, classes)
+        target = self._out(op, "out", out, (batch, classes), dtype, inputs=(logits,))
+        self._sync_threads()
+        loss = self._backend.softmax_cross_entropy(self._c(logits), labels, target)
+        return self._arrays.scalar(loss, dtype), self._finish(out, target)
+
+    def linear(self, x, w, b, *, relu=False, out=None):
+        """x @ w + b, and max(., 0) in the same pass when relu=True."""
+        op = "linear"
+        relu = self._flag(op, "relu", relu)
+        specs = [("x", x, ("batch", "in")), ("w", w, ("in", "out")), ("b", b, ("out",))]
+        for name, arr, dims in specs:
+            self._float(op, name, arr, dims)
+        dtype = self._same_dtype(op, x=x, w=w, b=b)
+        size = self._bind(op, specs)
+        target = self._out(op, "out", out, (size["batch"], size["out"]), dtype, inputs=(x, w, b))
+        self._sync_threads()
+        self._backend.linear(self._c(x), self._c(w), self._c(b), target, relu)
+        return self._finish(out, target)
+
+    def linear_backward(self, x, w, y, grad_y, *, relu=False, need_grad_x=True, out=None):
+        """Gradients of linear(x, w, b, relu=relu) = y: (grad_x or None, grad_w, grad_b).
+
+        ``out``, if given, is a tuple (grad_x or None, grad_w, grad_b) of arrays to write.
+        """
+        op = "linear_backward"
+        relu = self._flag(op, "relu", relu)
+        need_grad_x = self._flag(op, "need_grad_x", need_grad_x)
+        specs = [
+            ("x", x, ("batch", "in")),
+            ("w", w, ("in", "out")),
+            ("y", y, ("batch", "out")),
+            ("grad_y", grad_y, ("batch", "out")),
+        ]
+        for name, arr, dims in specs:
+            self._float(op, name, arr, dims)
+        dtype = self._same_dtype(op, x=x, w=w, y=y, grad_y=grad_y)
+        size = self._bind(op, specs)
+        if out is None:
+            out = (None, None, None)
+        elif not isinstance(out, (tuple, list)) or len(out) != 3:
+            raise TypeError(f"{op}: out must be a tuple (grad_x or None, grad_w, grad_b), got {type(out).__name__}")
+        inputs = (x, w, y, grad_y)
+        gx = None
+        if need_grad_x:
+            gx = self._out(op, "out[0] (grad_x)", out[0], (size["batch"], size["in"]), dtype, inputs=inputs)
+        elif out[0] is not None:
+            raise ValueError(f"{op}: out[0] (grad_x) must be None when need_grad_x=False")
+        gw = self._out(op, "out[1] (grad_w)", out[1], (size["in"], size["out"]), dtype, inputs=inputs)
+        gb = self._out(op, "out[2] (grad_b)", out[2], (size["out"],), dtype, inputs=inputs)
+        self._sync_threads()
+        self._backend.linear_backward(
+            self._c(x), self._c(w), self._c(y), self._c(grad_y), gx, gw, gb, relu
+        )
+        return (
+            self._finish(out[0], gx) if need_grad_x else None,
+            self._finish(out[1], gw),
+            self._finish(out[2], gb),
+        )
+
+    def sgd_step(self, param, grad, *, lr, momentum=0.0, velocity=None, weight_decay=0.0):
+        """One step of torch.optim.SGD (dampening 0, no Nesterov), in place on param and velocity."""
+        op = "sgd_step"
+        lr = self._hyper(op, "lr", lr)
+        momentum = self._hyper(op, "momentum", momentum)
+        weight_decay = self._hyper(op, "weight_decay", weight_decay)
+        state = {"param": param}
+        if momentum != 0.0:
+            if velocity is None:
+                raise ValueError(
+                    f"{op}: momentum={momentum} needs a velocity array (zeros, same shape as param)"
+                )
+            state["velocity"] = velocity
+        elif velocity is not None:
+            state["velocity"] = velocity  # checked, left untouched by a plain SGD step
+        dtype, targets = self._optimizer_arrays(op, state, {"grad": grad})
+        self._sync_threads()
+        self._backend.sgd_step(
+            targets["param"], self._c(grad), targets.get("velocity") if momentum != 0.0 else None,
+            lr, momentum, weight_decay,
+        )
+        self._write_back(state, targets)
+
+    def adam_step(self, param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+        """One step of torch.optim.Adam (L2 weight decay, not AdamW), in place on param, m and v.
+
+        step counts from 1; it sets the bias corrections 1 - beta**step.
+        """
+        op = "adam_step"
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+            raise TypeError(f"{op}: step must be an integer (the step number, counting from 1), got {step!r}")
+        if step < 1:
+            raise ValueError(f"{op}: step must be at least 1 (steps count from 1), got {step}")
+        lr = self._hyper(op, "lr", lr)
+        eps = self._hyper(op, "eps", eps)
+        weight_decay = self._hyper(op, "weight_decay", weight_decay)
+        beta1 = self._hyper(op, "beta1", beta1, below_one=True)
+        beta2 = self._hyper(op, "beta2", beta2, below_one=True)
+        dtype, targets = self._optimizer_arrays(op, {"param": param, "m": m, "v": v}, {"grad": grad})
+        self._sync_threads()
+        self._backend.adam_step(
+            targets["param"], self._c(grad), targets["m"], targets["v"],
+            int(step), lr, beta1, beta2, eps, weight_decay,
+        )
+        self._write_back({"param": param, "m": m, "v": v}, targets)
+
+    # ------------------------------------------------------------------ checks
+
+    def _float(self, op, name, x, dims, any_ndim=False):
+        """x is a native float32/float64 array on this set's device, of len(dims) dims, none empty."""
+        A = self._arrays
+        if not A.is_native(x):
+            raise TypeError(
+                f"{op}: {name} must be a {A.type_name} (convert with ks.asarray), got {type(x).__name__}"
+            )
+        if not any_ndim and x.ndim != len(dims):
+            raise ValueError(
+                f"{op}: {name} must be {len(dims)}-D {_dims(dims)}, "
+                f"got a {x.ndim}-D array of shape {_shape(x)}"
+            )
+        dtype = A.dtype(x)
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{op}: {name} must be float32 or float64, got {dtype}")
+        if not A.on_device(x):
+            raise ValueError(f"{op}: {name} is on {x.device} but this set computes on {A.device}")
+        if x.ndim == 0 or 0 in _shape(x):
+            what = "an empty batch" if x.ndim and _shape(x)[0] == 0 else "empty"
+            raise ValueError(
+                f"{op}: {name} is {what} (shape {_shape(x)}); every dimension must be at least 1"
+            )
+
+    def _same_dtype(self, op, **arrays):
+        """The one dtype that all of an op's float arrays share."""
+        dtypes = {name: self._arrays.dtype(x) for name, x in arrays.items()}
+        first_name, first = next(iter(dtypes.items()))
+        for name, dtype in dtypes.items():
+            if dtype != first:
+                raise TypeError(
+                    f"{op}: {first_name} is {first} but {name} is {dtype}; "
+                    "all arrays of one call must share one dtype (float32 or float64)"
+                )
+        return first
+
+    def _bind(self, op, specs):
+        """Sizes of the named dims; a dim seen twice must have one size."""
+        size, seen = {}, {}
+        for spec in specs:
+            name, x, dims = spec[:3]
+            note = f", {spec[3]}" if len(spec) > 3 else ""
+            for dim, n in zip(dims, _shape(x)):
+                if dim in size and size[dim] != n:
+                    other, other_shape, other_note = seen[dim]
+                    raise ValueError(
+                        f"{op}: shapes do not match: {name} {_dims(dims)} has {dim}={n} "
+                        f"(shape {_shape(x)}{note}) but {other} has {dim}={size[dim]} "
+                        f"(shape {other_shape}{other_note})"
+                    )
+                size.setdefault(dim, n)
+                seen.setdefault(dim, (name, _shape(x), note))
+        return size
+
+    def _labels(self, op, labels, batch, classes):
+        A = self._arrays
+        if not A.is_native(labels):
+            raise TypeError(
+                f"{op}: labels must be a {A.type_name} of integers (convert with ks.asarray), "
+                f"got {type(labels).__name__}"
+            )
+        if not A.is_integer(labels):
+            raise TypeError(f"{op}: labels must have an integer dtype (class indices), got {A.dtype(labels)}")
+        if not A.on_device(labels):
+            raise ValueError(f"{op}: labels are on {labels.device} but this set computes on {A.device}")
+        if labels.ndim != 1 or _shape(labels)[0] != batch:
+            raise ValueError(
+                f"{op}: labels must hold one class index per row of logits, shape ({batch},), "
+                f"got shape {_shape(labels)}"
+            )
+        lo, hi = A.min_max(labels)
+        if lo < 0 or hi >= classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"{op}: labels must lie in [0, {classes}) for logits with {classes} classes, found {bad}"
+            )
+        return A.labels(labels)
+
+    def _out(self, op, name, out, shape, dtype, inputs=(), elementwise=False):
+        """The array a kernel writes: ``out`` itself when it can be, else a scratch array."""
+        A = self._arrays
+        if out is None:
+            return A.empty(shape, dtype)
+        if not A.is_native(out):
+            raise TypeError(f"{op}: {name} must be a {A.type_name}, got {type(out).__name__}")
+        if A.dtype(out) != dtype:
+            raise TypeError(f"{op}: {name} must have dtype {dtype} (that of the inputs), got {A.dtype(out)}")
+        if _shape(out) != tuple(shape):
+            raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {_shape(out)}")
+        if not A.on_device(out):
+            raise ValueError(f"{op}: {name} is on {out.device} but this set computes on {A.device}")
+        if not A.writeable(out):
+            raise ValueError(f"{op}: {name} is read-only")
+        if not A.is_c_contiguous(out):
+            return A.empty(shape, dtype)
+        for x in inputs:
+            # An elementwise kernel may write over the very input it reads; any other overlap
+            # (a matmul reading what it writes, or a shifted view) needs a scratch array.
+            if A.overlaps(out, x) and not (elementwise and out is x):
+                return A.empty(shape, dtype)
+        return out
+
+    def _finish(self, out, target):
+        """Copy a scratch result into ``out``; return what the caller gets back."""
+        if out is None:
+            return target
+        if target is not out:
+            self._arrays.copy_into(out, target)
+        return out
+
+    def _optimizer_arrays(self, op, state, inputs):
+        """Check an optimizer's in-place state arrays and inputs; contiguous targets for the kernel."""
+        A = self._arrays
+        for name, x in {**state, **inputs}.items():
+            self._float(op, name, x, (), any_ndim=True)
+        dtype = self._same_dtype(op, **state, **inputs)
+        shape = _shape(state["param"])
+        for name, x in {**state, **inputs}.items():
+            if _shape(x) != shape:
+                raise ValueError(f"{op}: {name} has shape {_shape(x)} but param has shape {shape}; they must match")
+        names = list(state)
+        for i, name in enumerate(names):
+            if not A.writeable(state[name]):
+                raise ValueError(f"{op}: {name} is updated in place and must be writeable")
+            for other in names[i + 1:]:
+                if A.overlaps(state[name], state[other]):
+                    raise ValueError(f"{op}: {name} and {other} share memory; each must be its own array")
+        targets = {name: x if A.is_c_contiguous(x) else A.contiguous(x) for name, x in state.items()}
+        return dtype, targets
+
+    def _write_back(self, state, targets):
+        for name, x in state.items():
+            if targets[name] is not x:
+                self._arrays.copy_into(x, targets[name])
+
+    @staticmethod
+    def _flag(op, name, value):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{op}: {name} must be True or False, got {value!r}")
+        return bool(value)
+
+    @staticmethod
+    def _hyper(op, name, value, below_one=False):
+        """A finite, non-negative hyperparameter as a Python float (below 1 for Adam's betas)."""
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{op}: {name} must be a real number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value) or value < 0.0 or (below_one and value >= 1.0):
+            expected = "in [0, 1)" if below_one else "finite and >= 0"
+            raise ValueError(f"{op}: {name} must be {expected}, got {value}")
+        return value
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _c(self, x):
+        A = self._arrays
+        return x if A.is_c_contiguous(x) else A.contiguous(x)
+
+    def _operand(self, x, trans):
+        """A matmul operand as C-contiguous memory: F order becomes a transpose, not a copy."""
+        A = self._arrays
+        if A.is_c_contiguous(x):
+            return x, trans
+        if A.is_f_contiguous(x):
+            return x.T, not trans
+        return A.contiguous(x), trans
+
+    def _sync_threads(self):
+        if _applied_threads.get(self._threads_key) != self.threads:
+            self._backend.set_threads(self.threads)
+            _applied_threads[self._threads_key] = self.threads

@@ -1,0 +1,1 @@
+"""A fully connected network trained on a chosen kernel set (``python -m nn.train``)."""
