@@ -19,7 +19,7 @@ import os
 from ._arrays import NumpyArrays, TorchArrays
 from ._front import KernelSet
 
-__all__ = ["names", "available", "get", "KernelSet", "UnavailableError"]
+__all__ = ["names", "available", "get", "backend_module", "KernelSet", "UnavailableError"]
 
 
 class UnavailableError(RuntimeError):
@@ -60,6 +60,12 @@ def _load(name: str):
         hint = getattr(exc, "kernels_hint", None) or f"{module_name} cannot be imported ({exc})"
         raise UnavailableError(f"kernel set {name!r} is not available: {hint}") from exc
     return backend, arrays
+
+
+def backend_module(name: str):
+    """The module behind set ``name``, for benchmarks that reach past the interface (for
+    example a compiled set's ``MATMUL_LADDER``, its matmul at each optimisation step)."""
+    return _load(name)[0]
 
 
 def _unavailable_reason(name: str, device: str = "cpu") -> str | None:
