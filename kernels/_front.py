@@ -42,7 +42,7 @@ _applied_threads: dict[str, int] = {}
 
 
 def _shape(x) -> tuple:
-    return tuple(int(n) for n in x.shape)
+    return tuple(x.shape)  # torch.Size is a tuple already; this keeps messages uniform
 
 
 def _dims(dims) -> str:
@@ -256,7 +256,7 @@ class KernelSet:
             raise TypeError(f"{op}: {name} must be float32 or float64, got {dtype}")
         if not A.on_device(x):
             raise ValueError(f"{op}: {name} is on {x.device} but this set computes on {A.device}")
-        if x.ndim == 0 or 0 in _shape(x):
+        if x.ndim == 0 or 0 in x.shape:
             what = "an empty batch" if x.ndim and _shape(x)[0] == 0 else "empty"
             raise ValueError(
                 f"{op}: {name} is {what} (shape {_shape(x)}); every dimension must be at least 1"
@@ -276,21 +276,30 @@ class KernelSet:
 
     def _bind(self, op, specs):
         """Sizes of the named dims; a dim seen twice must have one size."""
-        size, seen = {}, {}
+        size = {}
+        for spec in specs:
+            for dim, n in zip(spec[2], spec[1].shape):
+                known = size.setdefault(dim, n)
+                if known != n:
+                    self._mismatch(op, specs, dim)
+        return size
+
+    @staticmethod
+    def _mismatch(op, specs, dim):
+        """Raise the error for two arrays that disagree on ``dim`` (the slow path of _bind)."""
+        found = []
         for spec in specs:
             name, x, dims = spec[:3]
             note = f", {spec[3]}" if len(spec) > 3 else ""
-            for dim, n in zip(dims, _shape(x)):
-                if dim in size and size[dim] != n:
-                    other, other_shape, other_note = seen[dim]
-                    raise ValueError(
-                        f"{op}: shapes do not match: {name} {_dims(dims)} has {dim}={n} "
-                        f"(shape {_shape(x)}{note}) but {other} has {dim}={size[dim]} "
-                        f"(shape {other_shape}{other_note})"
-                    )
-                size.setdefault(dim, n)
-                seen.setdefault(dim, (name, _shape(x), note))
-        return size
+            if dim in dims:
+                found.append((name, dims, x.shape[dims.index(dim)], _shape(x), note))
+        (name0, _, n0, shape0, note0), (name1, dims1, n1, shape1, note1) = next(
+            (found[0], other) for other in found[1:] if other[2] != found[0][2]
+        )
+        raise ValueError(
+            f"{op}: shapes do not match: {name1} {_dims(dims1)} has {dim}={n1} "
+            f"(shape {shape1}{note1}) but {name0} has {dim}={n0} (shape {shape0}{note0})"
+        )
 
     def _labels(self, op, labels, batch, classes):
         A = self._arrays
