@@ -1,0 +1,742 @@
+# cython: language_level=3
+"""The cython set: every op of the MLP as an optimised, OpenMP-parallel Cython kernel, no BLAS.
+
+Design note (after scikit-learn's ``_loss.pyx``; the matmul after bluss's matrixmultiply):
+
+* The Python layer checks and allocates, this module only computes. kernels/_front.py checks
+  every argument and allocates every output; the def functions here receive C-contiguous
+  arrays of one float dtype and outputs that do not overlap their inputs, take their data
+  pointers, release the GIL and call nogil C-level kernels. Nothing unchecked reaches them,
+  so they run with bounds checks, wraparound and initialisation checks off and C division
+  (setup.py's directives).
+* One ``ctypedef fused floating`` covers float32 and float64. The def functions pick the
+  specialisation from the array's item size by hand: a fused def function's runtime dispatch
+  costs microseconds, and the trainer calls these ops thousands of times per epoch.
+* matmul is BLIS: the five loops around a micro-kernel, written out and labelled in
+  ``gemm_packed``; one ``pack`` function absorbs trans_a / trans_b (no transposed copies);
+  edges go through one masked path (``tile``: a full tile into a small buffer, then the valid
+  part out). The MR x NR micro-kernel and every blocking constant live in microkernel.h, next
+  to the cache arithmetic behind them. Small products (the MLP's shapes) take
+  ``gemm_direct``, the same micro-kernel reading A and B in place, because there packing
+  costs more than it saves.
+* linear and linear_backward reuse that matmul: bias and ReLU run in the micro-kernel's
+  epilogue while the C tile is in registers; the backward fuses the ReLU mask with the
+  bias gradient in one pass and gets x^T g and g w^T from the packing, with no transposes.
+* Threads: ``set_threads(n)`` stores n here; every parallel loop is a ``prange`` with
+  ``num_threads`` set from it, one parallel loop per loop nest (matmul: over row blocks or
+  tiles; elementwise ops: over chunks, only when large enough to pay for waking threads).
+"""
+
+from cython.parallel cimport prange, threadid
+from libc.math cimport exp, expf, log, sqrt, sqrtf
+from libc.stdint cimport int64_t
+from libc.string cimport memset
+
+cdef extern from "microkernel.h" nogil:
+    enum:
+        MR_F32
+        NR_F32
+        KC_F32
+        MC_F32
+        NC_F32
+        MR_F64
+        NR_F64
+        KC_F64
+        MC_F64
+        NC_F64
+        TILE_MAX
+        DIRECT_MAX_B_BYTES
+        PAR_MIN_FLOPS
+        PAR_MIN_ELEMS
+        BLOCKED_NB
+        BLOCKED_KB
+    void *kernels_alloc(size_t nbytes)
+    void kernels_free(void *p)
+    void ukr_float_packed(long kc, const float *a, const float *b, float *c, long ldc,
+                          int accumulate, const float *bias, int relu)
+    void ukr_double_packed(long kc, const double *a, const double *b, double *c, long ldc,
+                           int accumulate, const double *bias, int relu)
+    void ukr_float_direct(long kc, const float *a, long rsa, long csa, const float *b, long rsb,
+                          float *c, long ldc, int accumulate, const float *bias, int relu)
+    void ukr_double_direct(long kc, const double *a, long rsa, long csa, const double *b,
+                           long rsb, double *c, long ldc, int accumulate, const double *bias,
+                           int relu)
+
+ctypedef fused floating:
+    float
+    double
+
+cdef int _threads = 1
+
+
+def set_threads(int n):
+    """Thread count for every prange in this module (kernels/_front.py calls it on change)."""
+    global _threads
+    _threads = n if n > 0 else 1
+
+
+cdef inline int threads_for(double work, double min_work, Py_ssize_t max_parts) noexcept nogil:
+    """Threads worth waking for ``work`` units when each thread needs ``min_work`` of them."""
+    cdef int nt = _threads
+    if work < min_work * 2:
+        return 1
+    if nt > work / min_work:
+        nt = <int>(work / min_work)
+    if nt > max_parts:
+        nt = <int>max_parts
+    return nt if nt > 0 else 1
+
+
+# ====================================================================================== matmul
+#
+# C (m, n) = op(A) (m, k) @ op(B) (k, n); op(A)[i, p] = a[i*lda + p], or a[p*lda + i] when
+# trans_a; op(B)[p, j] = b[p*ldb + j], or b[j*ldb + p] when trans_b. Optional epilogue: + bias
+# (n,), then ReLU. Every function below takes raw pointers and runs without the GIL.
+
+
+cdef inline void ukr_packed(long kc, const floating *a, const floating *b, floating *c, long ldc,
+                            bint accumulate, const floating *bias, bint relu) noexcept nogil:
+    if floating is float:
+        ukr_float_packed(kc, a, b, c, ldc, accumulate, bias, relu)
+    else:
+        ukr_double_packed(kc, a, b, c, ldc, accumulate, bias, relu)
+
+
+cdef inline void ukr_direct(long kc, const floating *a, long rsa, long csa, const floating *b,
+                            long rsb, floating *c, long ldc, bint accumulate,
+                            const floating *bias, bint relu) noexcept nogil:
+    if floating is float:
+        ukr_float_direct(kc, a, rsa, csa, b, rsb, c, ldc, accumulate, bias, relu)
+    else:
+        ukr_double_direct(kc, a, rsa, csa, b, rsb, c, ldc, accumulate, bias, relu)
+
+
+cdef void pack(const floating *x, Py_ssize_t ldx, bint trans, Py_ssize_t r0, Py_ssize_t nrows,
+               Py_ssize_t c0, Py_ssize_t ncols, Py_ssize_t w, floating *dst) noexcept nogil:
+    """Pack rows r0:r0+nrows, columns c0:c0+ncols of M into micro-panels of w rows.
+
+    M[r, c] = x[r*ldx + c], or x[c*ldx + r] when trans. Panel q holds rows q*w:(q+1)*w,
+    column by column: dst[q*ncols*w + c*w + r], zero-padded past nrows. A is packed as
+    M = op(A) with w = MR; B as M = op(B)^T with w = NR (so trans = not trans_b). This is
+    the one place transposes are absorbed.
+    """
+    cdef Py_ssize_t q, q_i, r, c, rows
+    cdef floating *panel
+    cdef const floating *src
+    for q_i in range((nrows + w - 1) // w):
+        q = q_i * w
+        rows = w if nrows - q >= w else nrows - q
+        panel = dst + q * ncols
+        if rows < w:
+            memset(panel, 0, ncols * w * sizeof(floating))
+        if trans:                       # M's rows are contiguous down x's columns
+            for c in range(ncols):
+                src = x + (c0 + c) * ldx + r0 + q
+                for r in range(rows):
+                    panel[c * w + r] = src[r]
+        else:                           # M's rows are x's rows
+            for r in range(rows):
+                src = x + (r0 + q + r) * ldx + c0
+                for c in range(ncols):
+                    panel[c * w + r] = src[c]
+
+
+cdef inline void store_edge(const floating *tile, Py_ssize_t ldt, floating *c, Py_ssize_t ldc,
+                            Py_ssize_t mr, Py_ssize_t nr, bint accumulate, const floating *bias,
+                            bint relu) noexcept nogil:
+    """The masked path's second half: the valid mr x nr corner of a full tile into C."""
+    cdef Py_ssize_t i, j
+    cdef floating v
+    for i in range(mr):
+        for j in range(nr):
+            v = tile[i * ldt + j]
+            if accumulate:
+                v = v + c[i * ldc + j]
+            if bias != NULL:
+                v = v + bias[j]
+            if relu and not v > 0:
+                v = 0
+            c[i * ldc + j] = v
+
+
+cdef void macro_kernel(const floating *ap, const floating *bp, floating *c, Py_ssize_t ldc,
+                       Py_ssize_t mc, Py_ssize_t nc, Py_ssize_t kc, bint accumulate,
+                       const floating *bias, bint relu) noexcept nogil:
+    """LOOPS 2 and 1 over packed micro-panels: C[0:mc, 0:nc] (+)= Ap (mc x kc) @ Bp (kc x nc)."""
+    cdef Py_ssize_t MR, NR, jr, jr_i, ir, ir_i, mr, nr
+    cdef floating tile[TILE_MAX]
+    if floating is float:
+        MR = MR_F32
+        NR = NR_F32
+    else:
+        MR = MR_F64
+        NR = NR_F64
+    for jr_i in range((nc + NR - 1) // NR):                         # LOOP 2: NR-wide micro-panels of B
+        jr = jr_i * NR
+        nr = NR if nc - jr >= NR else nc - jr
+        for ir_i in range((mc + MR - 1) // MR):                     # LOOP 1: MR-tall micro-panels of A
+            ir = ir_i * MR
+            mr = MR if mc - ir >= MR else mc - ir
+            if mr == MR and nr == NR:                   # full tile: straight into C
+                ukr_packed(kc, ap + ir * kc, bp + jr * kc, c + ir * ldc + jr, ldc, accumulate,
+                           bias + jr if bias != NULL else NULL, relu)
+            else:                                       # edge: the one masked path
+                ukr_packed(kc, ap + ir * kc, bp + jr * kc, tile, NR, False, NULL, False)
+                store_edge(tile, NR, c + ir * ldc + jr, ldc, mr, nr, accumulate,
+                           bias + jr if bias != NULL else NULL, relu)
+
+
+cdef void gemm_packed(const floating *a, Py_ssize_t lda, bint trans_a,
+                      const floating *b, Py_ssize_t ldb, bint trans_b,
+                      floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                      const floating *bias, bint relu, int nthreads) noexcept nogil:
+    """BLIS: the five loops around the micro-kernel, threads over LOOP 3 (blocks of rows)."""
+    cdef Py_ssize_t MR, NR, KC, MC, NC
+    if floating is float:
+        MR = MR_F32
+        NR = NR_F32
+        KC = KC_F32
+        MC = MC_F32
+        NC = NC_F32
+    else:
+        MR = MR_F64
+        NR = NR_F64
+        KC = KC_F64
+        MC = MC_F64
+        NC = NC_F64
+    cdef Py_ssize_t jc, jc_i, nc, pc, pc_i, kc, ib, ic, mc, jp, n_bpanels, n_blocks
+    cdef bint first, last
+    cdef int nt, tid
+    cdef floating *bp = <floating *>kernels_alloc(KC * (NC + NR) * sizeof(floating))
+    cdef floating *ap_all = <floating *>kernels_alloc(nthreads * KC * (MC + MR) * sizeof(floating))
+    cdef floating *ap
+    # Row blocks: MC rows each, but no more blocks than it takes to give every thread work.
+    cdef Py_ssize_t mcb = MC
+    if nthreads > 1 and (m + nthreads - 1) // nthreads < MC:
+        mcb = ((m + nthreads - 1) // nthreads + MR - 1) // MR * MR
+    n_blocks = (m + mcb - 1) // mcb
+    nt = nthreads if nthreads < n_blocks else <int>n_blocks
+    for jc_i in range((n + NC - 1) // NC):                          # LOOP 5: split n into NC parts
+        jc = jc_i * NC
+        nc = NC if n - jc >= NC else n - jc
+        n_bpanels = (nc + NR - 1) // NR
+        for pc_i in range((k + KC - 1) // KC):                      # LOOP 4: split k into KC parts; pack B
+            pc = pc_i * KC
+            kc = KC if k - pc >= KC else k - pc
+            first = pc == 0
+            last = pc + kc == k
+            if nt > 1:
+                for jp in prange(n_bpanels, num_threads=nt, schedule="static"):
+                    pack(b, ldb, not trans_b, jc + jp * NR, NR if nc - jp * NR >= NR else nc - jp * NR,
+                         pc, kc, NR, bp + jp * NR * kc)
+            else:
+                pack(b, ldb, not trans_b, jc, nc, pc, kc, NR, bp)
+            for ib in prange(n_blocks, num_threads=nt, schedule="static"):
+                ic = ib * mcb                           # LOOP 3: split m into MC parts; pack A
+                mc = mcb if m - ic >= mcb else m - ic
+                tid = threadid()
+                ap = ap_all + tid * KC * (MC + MR)
+                pack(a, lda, trans_a, ic, mc, pc, kc, MR, ap)
+                macro_kernel(ap, bp, c + ic * ldc + jc, ldc, mc, nc, kc, not first,
+                             bias + jc if (last and bias != NULL) else NULL, last and relu)
+    kernels_free(bp)
+    kernels_free(ap_all)
+
+
+cdef void direct_tiles(const floating *a, Py_ssize_t lda, bint trans_a,
+                       const floating *b, Py_ssize_t rsb, Py_ssize_t bstep,
+                       const floating *a_edge,
+                       const floating *b_edge, floating *c, Py_ssize_t ldc,
+                       Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating *bias, bint relu,
+                       Py_ssize_t t0, Py_ssize_t t1) noexcept nogil:
+    """Tiles t0:t1 (row strip major) of the small-size path: A and B read in place.
+
+    B strip jt starts at b + jt*bstep, rows of stride rsb: op(B) in place (bstep NR, rsb ldb)
+    or packed micro-panels (bstep NR*k, rsb NR).
+    The last, partial strips of A and B were packed, zero-padded, into a_edge / b_edge.
+    """
+    cdef Py_ssize_t MR, NR, t, it, jt, mr, nr, n_ntiles
+    cdef long rsa, csa, rsa_t, csa_t, rsb_t
+    cdef const floating *at
+    cdef const floating *bt
+    cdef floating tile[TILE_MAX]
+    if floating is float:
+        MR = MR_F32
+        NR = NR_F32
+    else:
+        MR = MR_F64
+        NR = NR_F64
+    rsa = 1 if trans_a else lda
+    csa = lda if trans_a else 1
+    n_ntiles = (n + NR - 1) // NR
+    for t in range(t0, t1):
+        it = t // n_ntiles
+        jt = t - it * n_ntiles
+        mr = MR if m - it * MR >= MR else m - it * MR
+        nr = NR if n - jt * NR >= NR else n - jt * NR
+        if mr == MR:
+            at, rsa_t, csa_t = a + it * MR * rsa, rsa, csa
+        else:
+            at, rsa_t, csa_t = a_edge, 1, MR
+        if nr == NR:
+            bt, rsb_t = b + jt * bstep, rsb
+        else:
+            bt, rsb_t = b_edge, NR
+        if mr == MR and nr == NR:
+            ukr_direct(k, at, rsa_t, csa_t, bt, rsb_t, c + it * MR * ldc + jt * NR, ldc, False,
+                       bias + jt * NR if bias != NULL else NULL, relu)
+        else:                                           # edge: the same masked path
+            ukr_direct(k, at, rsa_t, csa_t, bt, rsb_t, tile, NR, False, NULL, False)
+            store_edge(tile, NR, c + it * MR * ldc + jt * NR, ldc, mr, nr, False,
+                       bias + jt * NR if bias != NULL else NULL, relu)
+
+
+cdef void gemm_direct(const floating *a, Py_ssize_t lda, bint trans_a,
+                      const floating *b, Py_ssize_t ldb, bint trans_b,
+                      floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                      const floating *bias, bint relu, int nthreads) noexcept nogil:
+    """The small-size path: no blocking, no packing of A; the micro-kernel over whole k.
+
+    op(B) is read in place when it is row-major (trans_b False); a transposed B is packed once
+    (k x n, the size of the weights at most). Threads split the list of tiles.
+    """
+    cdef Py_ssize_t MR, NR
+    if floating is float:
+        MR = MR_F32
+        NR = NR_F32
+    else:
+        MR = MR_F64
+        NR = NR_F64
+    cdef Py_ssize_t n_mtiles = (m + MR - 1) // MR, n_ntiles = (n + NR - 1) // NR
+    cdef Py_ssize_t n_tiles = n_mtiles * n_ntiles, per, part, rsb, bstep, last_n
+    cdef floating *a_edge = NULL
+    cdef floating *b_edge = NULL
+    cdef floating *b_packed = NULL
+    cdef const floating *bsrc = b
+    if m % MR:
+        a_edge = <floating *>kernels_alloc(MR * k * sizeof(floating))
+        pack(a, lda, trans_a, m - m % MR, m % MR, 0, k, MR, a_edge)
+    last_n = (n_ntiles - 1) * NR
+    if trans_b:
+        # Packed micro-panels, k x NR each, all full but the last: read with rsb = NR.
+        b_packed = <floating *>kernels_alloc(n_ntiles * NR * k * sizeof(floating))
+        pack(b, ldb, False, 0, n, 0, k, NR, b_packed)
+        b_edge = b_packed + last_n * k
+        bsrc, rsb, bstep = b_packed, NR, NR * k
+    else:
+        rsb, bstep = ldb, NR
+        if n % NR:
+            b_edge = <floating *>kernels_alloc(NR * k * sizeof(floating))
+            pack(b, ldb, True, last_n, n - last_n, 0, k, NR, b_edge)
+    nthreads = threads_for(2.0 * m * n * k, PAR_MIN_FLOPS, n_tiles)
+    if nthreads == 1:
+        direct_tiles(a, lda, trans_a, bsrc, rsb, bstep, a_edge, b_edge, c, ldc, m, n, k, bias,
+                     relu, 0, n_tiles)
+    else:
+        per = (n_tiles + nthreads - 1) // nthreads
+        for part in prange(nthreads, num_threads=nthreads, schedule="static"):
+            direct_tiles(a, lda, trans_a, bsrc, rsb, bstep, a_edge, b_edge, c, ldc, m, n, k,
+                         bias, relu, part * per, min((part + 1) * per, n_tiles))
+    if a_edge != NULL:
+        kernels_free(a_edge)
+    if b_packed != NULL:
+        kernels_free(b_packed)
+    elif b_edge != NULL:
+        kernels_free(b_edge)
+
+
+cdef void gemm(const floating *a, Py_ssize_t lda, bint trans_a,
+               const floating *b, Py_ssize_t ldb, bint trans_b,
+               floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+               const floating *bias, bint relu) noexcept nogil:
+    """The matmul every op uses: the small-size path while op(B) fits in half of L2, else BLIS."""
+    cdef int nt
+    if <size_t>(k * n) * sizeof(floating) <= DIRECT_MAX_B_BYTES:
+        gemm_direct(a, lda, trans_a, b, ldb, trans_b, c, ldc, m, n, k, bias, relu, _threads)
+    else:
+        nt = threads_for(2.0 * m * n * k, PAR_MIN_FLOPS, _threads)
+        gemm_packed(a, lda, trans_a, b, ldb, trans_b, c, ldc, m, n, k, bias, relu, nt)
+
+
+cdef void gemm_blocked(const floating *a, Py_ssize_t lda, bint trans_a,
+                       const floating *b, Py_ssize_t ldb, bint trans_b,
+                       floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n,
+                       Py_ssize_t k) noexcept nogil:
+    """Ladder step 2: loops reordered (i, p, j: the inner loop runs along rows of B and C, so it
+    vectorises) and blocked so a block of B stays in cache; no packing, no micro-kernel."""
+    cdef Py_ssize_t jj, jj_i, pp, pp_i, i, p, j, j1, p1
+    cdef floating aip
+    cdef floating *crow
+    cdef const floating *brow
+    for i in range(m):
+        memset(c + i * ldc, 0, n * sizeof(floating))
+    for jj_i in range((n + BLOCKED_NB - 1) // BLOCKED_NB):
+        jj = jj_i * BLOCKED_NB
+        j1 = jj + BLOCKED_NB if jj + BLOCKED_NB < n else n
+        for pp_i in range((k + BLOCKED_KB - 1) // BLOCKED_KB):
+            pp = pp_i * BLOCKED_KB
+            p1 = pp + BLOCKED_KB if pp + BLOCKED_KB < k else k
+            for i in range(m):
+                crow = c + i * ldc
+                for p in range(pp, p1):
+                    aip = a[p * lda + i] if trans_a else a[i * lda + p]
+                    if trans_b:
+                        for j in range(jj, j1):
+                            crow[j] += aip * b[j * ldb + p]
+                    else:
+                        brow = b + p * ldb
+                        for j in range(jj, j1):
+                            crow[j] += aip * brow[j]
+
+
+# The def functions: dtype dispatch and data pointers only. Arrays are C-contiguous (checked
+# by kernels/_front.py), so a typed memoryview's first element is the start of the data.
+
+cdef int MATMUL_AUTO = 0, MATMUL_BLOCKED = 1, MATMUL_PACKED = 2, MATMUL_THREADED = 3
+
+
+cdef void _matmul(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] out,
+                  bint trans_a, bint trans_b, int variant) noexcept:
+    # a (m, k) or (k, m) with trans_a; b (k, n) or (n, k) with trans_b; out (m, n)
+    cdef Py_ssize_t m = out.shape[0], n = out.shape[1]
+    cdef Py_ssize_t k = a.shape[0] if trans_a else a.shape[1]
+    cdef Py_ssize_t lda = a.shape[1], ldb = b.shape[1]
+    with nogil:
+        if variant == MATMUL_AUTO:
+            gemm(&a[0, 0], lda, trans_a, &b[0, 0], ldb, trans_b, &out[0, 0], n, m, n, k, NULL, False)
+        elif variant == MATMUL_BLOCKED:
+            gemm_blocked(&a[0, 0], lda, trans_a, &b[0, 0], ldb, trans_b, &out[0, 0], n, m, n, k)
+        elif variant == MATMUL_PACKED:
+            gemm_packed(&a[0, 0], lda, trans_a, &b[0, 0], ldb, trans_b, &out[0, 0], n, m, n, k,
+                        NULL, False, 1)
+        else:
+            gemm_packed(&a[0, 0], lda, trans_a, &b[0, 0], ldb, trans_b, &out[0, 0], n, m, n, k,
+                        NULL, False, threads_for(2.0 * m * n * k, PAR_MIN_FLOPS, _threads))
+
+
+def matmul(a, b, out, bint trans_a, bint trans_b):
+    """out = op(a) @ op(b): the small-size path or threaded BLIS, whichever fits the shape."""
+    if a.itemsize == 4:
+        _matmul[float](a, b, out, trans_a, trans_b, MATMUL_AUTO)
+    else:
+        _matmul[double](a, b, out, trans_a, trans_b, MATMUL_AUTO)
+
+
+def matmul_blocked(a, b, out, bint trans_a, bint trans_b):
+    """Ladder step: cache-blocked loops, one thread."""
+    if a.itemsize == 4:
+        _matmul[float](a, b, out, trans_a, trans_b, MATMUL_BLOCKED)
+    else:
+        _matmul[double](a, b, out, trans_a, trans_b, MATMUL_BLOCKED)
+
+
+def matmul_packed(a, b, out, bint trans_a, bint trans_b):
+    """Ladder step: BLIS packing + the register-blocked micro-kernel, one thread."""
+    if a.itemsize == 4:
+        _matmul[float](a, b, out, trans_a, trans_b, MATMUL_PACKED)
+    else:
+        _matmul[double](a, b, out, trans_a, trans_b, MATMUL_PACKED)
+
+
+def matmul_threaded(a, b, out, bint trans_a, bint trans_b):
+    """Ladder step: BLIS with OpenMP threads over row blocks (LOOP 3), whatever the size."""
+    if a.itemsize == 4:
+        _matmul[float](a, b, out, trans_a, trans_b, MATMUL_THREADED)
+    else:
+        _matmul[double](a, b, out, trans_a, trans_b, MATMUL_THREADED)
+
+
+# ====================================================================================== relu
+
+cdef inline void relu_range(const floating *x, floating *out, Py_ssize_t i0,
+                            Py_ssize_t i1) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(i0, i1):
+        out[i] = x[i] if x[i] > 0 else 0
+
+
+cdef void _relu(const floating[::1] x, floating[::1] out) noexcept:
+    # x and out are (size,), possibly the same array: out = max(x, 0)
+    cdef Py_ssize_t size = x.shape[0], per, part
+    cdef int nt = threads_for(size, PAR_MIN_ELEMS, size)
+    with nogil:
+        if nt == 1:
+            relu_range(&x[0], &out[0], 0, size)
+        else:
+            per = (size + nt - 1) // nt
+            for part in prange(nt, num_threads=nt, schedule="static"):
+                relu_range(&x[0], &out[0], part * per, min((part + 1) * per, size))
+
+
+def relu(x, out):
+    if x.itemsize == 4:
+        _relu[float](x.reshape(-1), out.reshape(-1))
+    else:
+        _relu[double](x.reshape(-1), out.reshape(-1))
+
+
+cdef inline void relu_backward_range(const floating *grad_y, const floating *y, floating *out,
+                                     Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(i0, i1):
+        out[i] = grad_y[i] if y[i] > 0 else 0
+
+
+cdef void _relu_backward(const floating[::1] grad_y, const floating[::1] y,
+                         floating[::1] out) noexcept:
+    # grad_y, y, out are (size,); out may be grad_y: out = grad_y * (y > 0)
+    cdef Py_ssize_t size = y.shape[0], per, part
+    cdef int nt = threads_for(size, PAR_MIN_ELEMS, size)
+    with nogil:
+        if nt == 1:
+            relu_backward_range(&grad_y[0], &y[0], &out[0], 0, size)
+        else:
+            per = (size + nt - 1) // nt
+            for part in prange(nt, num_threads=nt, schedule="static"):
+                relu_backward_range(&grad_y[0], &y[0], &out[0], part * per,
+                                    min((part + 1) * per, size))
+
+
+def relu_backward(grad_y, y, out):
+    if y.itemsize == 4:
+        _relu_backward[float](grad_y.reshape(-1), y.reshape(-1), out.reshape(-1))
+    else:
+        _relu_backward[double](grad_y.reshape(-1), y.reshape(-1), out.reshape(-1))
+
+
+# ====================================================================================== softmax-CE
+
+cdef inline double softmax_cross_entropy_row(const floating *z, Py_ssize_t label, floating *g,
+                                             Py_ssize_t classes, double inv_batch) noexcept nogil:
+    """One row in one sweep: max, then exp(z - max) into g while summing, then scale g.
+
+    Returns log(sum_j exp(z_j - max)) - (z_label - max), the row's loss; leaves
+    g = (softmax(z) - onehot(label)) / batch. Shifting by the max keeps exp from overflowing.
+    """
+    cdef Py_ssize_t j
+    cdef floating zmax = z[0], e, scale
+    cdef double total = 0.0
+    for j in range(1, classes):
+        if z[j] > zmax:
+            zmax = z[j]
+    for j in range(classes):
+        if floating is float:
+            e = expf(z[j] - zmax)
+        else:
+            e = exp(z[j] - zmax)
+        g[j] = e
+        total += e
+    scale = <floating>(inv_batch / total)
+    for j in range(classes):
+        g[j] *= scale
+    g[label] -= <floating>inv_batch
+    return log(total) - (<double>z[label] - <double>zmax)
+
+
+cdef double _softmax_cross_entropy(const floating[:, ::1] logits, const int64_t[::1] labels,
+                                   floating[:, ::1] grad) noexcept:
+    # logits (B, C), labels (B,) int64, grad (B, C); returns the mean loss (accumulated in double)
+    cdef Py_ssize_t batch = logits.shape[0], classes = logits.shape[1], i
+    cdef double inv_batch = 1.0 / batch, loss = 0.0
+    cdef int nt = threads_for(batch * classes, PAR_MIN_ELEMS // 4, batch)
+    with nogil:
+        if nt == 1:
+            for i in range(batch):
+                loss += softmax_cross_entropy_row(&logits[i, 0], labels[i], &grad[i, 0], classes,
+                                                  inv_batch)
+        else:
+            for i in prange(batch, num_threads=nt, schedule="static"):
+                loss += softmax_cross_entropy_row(&logits[i, 0], labels[i], &grad[i, 0], classes,
+                                                  inv_batch)
+    return loss * inv_batch
+
+
+def softmax_cross_entropy(logits, labels, grad):
+    if logits.itemsize == 4:
+        return _softmax_cross_entropy[float](logits, labels, grad)
+    return _softmax_cross_entropy[double](logits, labels, grad)
+
+
+# ====================================================================================== linear
+
+cdef void _linear(const floating[:, ::1] x, const floating[:, ::1] w, const floating[::1] b,
+                  floating[:, ::1] out, bint relu) noexcept:
+    # x (B, in), w (in, out), b (out,), out (B, out): out = x @ w + b, ReLU'd when relu; the
+    # bias and the ReLU run in the micro-kernel's epilogue, on the tile still in registers.
+    cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], n_out = w.shape[1]
+    with nogil:
+        gemm(&x[0, 0], n_in, False, &w[0, 0], n_out, False, &out[0, 0], n_out,
+             batch, n_out, n_in, &b[0], relu)
+
+
+def linear(x, w, b, out, bint relu):
+    if x.itemsize == 4:
+        _linear[float](x, w, b, out, relu)
+    else:
+        _linear[double](x, w, b, out, relu)
+
+
+cdef void mask_and_bias_grad(const floating *y, const floating *grad_y, floating *g,
+                             floating *grad_b, Py_ssize_t batch, Py_ssize_t n_out,
+                             bint relu) noexcept nogil:
+    """One pass over grad_y: g = grad_y * (y > 0) when relu, and grad_b = sum over rows of g.
+
+    Backward of out = relu(x @ w + b): the ReLU's mask first, then db = sum_rows g. The column
+    sums accumulate row by row into grad_b (contiguous, so the loop vectorises)."""
+    cdef Py_ssize_t i, j
+    cdef const floating *gy
+    cdef const floating *yr
+    cdef floating *gr
+    memset(grad_b, 0, n_out * sizeof(floating))
+    for i in range(batch):
+        gy = grad_y + i * n_out
+        if relu:
+            yr = y + i * n_out
+            gr = g + i * n_out
+            for j in range(n_out):
+                gr[j] = gy[j] if yr[j] > 0 else 0
+                grad_b[j] += gr[j]
+        else:
+            for j in range(n_out):
+                grad_b[j] += gy[j]
+
+
+cdef void _linear_backward(const floating[:, ::1] x, const floating[:, ::1] w,
+                           const floating[:, ::1] y, const floating[:, ::1] grad_y,
+                           floating *grad_x, floating[:, ::1] grad_w,
+                           floating[::1] grad_b, bint relu) noexcept:
+    # x (B, in), w (in, out), y and grad_y (B, out); grad_x (B, in) or NULL, grad_w (in, out),
+    # grad_b (out,). Forward: y = relu(x @ w + b). With g = grad_y * (y > 0) (or grad_y):
+    #   dw = x^T g  (B is k: trans_a absorbed by packing x),  db = sum_rows g,
+    #   dx = g w^T  (trans_b absorbed by packing w).
+    cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], n_out = w.shape[1]
+    cdef floating *g = NULL
+    cdef const floating *gsrc = &grad_y[0, 0]
+    with nogil:
+        if relu:
+            g = <floating *>kernels_alloc(batch * n_out * sizeof(floating))
+            gsrc = g
+        mask_and_bias_grad(&y[0, 0], &grad_y[0, 0], g, &grad_b[0], batch, n_out, relu)
+        gemm(&x[0, 0], n_in, True, gsrc, n_out, False, &grad_w[0, 0], n_out,
+             n_in, n_out, batch, NULL, False)
+        if grad_x != NULL:
+            gemm(gsrc, n_out, False, &w[0, 0], n_out, True, grad_x, n_in,
+                 batch, n_in, n_out, NULL, False)
+        if g != NULL:
+            kernels_free(g)
+
+
+cdef floating *_ptr(floating[:, ::1] a) noexcept:
+    return &a[0, 0]
+
+
+def linear_backward(x, w, y, grad_y, grad_x, grad_w, grad_b, bint relu):
+    if x.itemsize == 4:
+        _linear_backward[float](x, w, y, grad_y,
+                                _ptr[float](grad_x) if grad_x is not None else NULL,
+                                grad_w, grad_b, relu)
+    else:
+        _linear_backward[double](x, w, y, grad_y,
+                                 _ptr[double](grad_x) if grad_x is not None else NULL,
+                                 grad_w, grad_b, relu)
+
+
+# ====================================================================================== optimizers
+
+cdef inline void sgd_range(floating *param, const floating *grad, floating *velocity,
+                           floating lr, floating momentum, floating weight_decay,
+                           Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating g
+    if velocity == NULL:
+        for i in range(i0, i1):
+            g = grad[i] + weight_decay * param[i]
+            param[i] -= lr * g
+    else:
+        for i in range(i0, i1):
+            g = grad[i] + weight_decay * param[i]
+            velocity[i] = momentum * velocity[i] + g
+            param[i] -= lr * velocity[i]
+
+
+cdef void _sgd_step(floating[::1] param, const floating[::1] grad, floating *velocity,
+                    double lr, double momentum, double weight_decay) noexcept:
+    # param, grad, velocity (or NULL) are (size,). torch.optim.SGD (dampening 0, no Nesterov):
+    # g = grad + wd * p; v = momentum * v + g (when momentum); p -= lr * (v or g). One pass.
+    cdef Py_ssize_t size = param.shape[0], per, part
+    cdef int nt = threads_for(size, PAR_MIN_ELEMS, size)
+    with nogil:
+        if nt == 1:
+            sgd_range(&param[0], &grad[0], velocity, <floating>lr, <floating>momentum,
+                      <floating>weight_decay, 0, size)
+        else:
+            per = (size + nt - 1) // nt
+            for part in prange(nt, num_threads=nt, schedule="static"):
+                sgd_range(&param[0], &grad[0], velocity, <floating>lr, <floating>momentum,
+                          <floating>weight_decay, part * per, min((part + 1) * per, size))
+
+
+cdef floating *_ptr1(floating[::1] a) noexcept:
+    return &a[0]
+
+
+def sgd_step(param, grad, velocity, double lr, double momentum, double weight_decay):
+    if param.itemsize == 4:
+        _sgd_step[float](param.reshape(-1), grad.reshape(-1),
+                         _ptr1[float](velocity.reshape(-1)) if velocity is not None else NULL,
+                         lr, momentum, weight_decay)
+    else:
+        _sgd_step[double](param.reshape(-1), grad.reshape(-1),
+                          _ptr1[double](velocity.reshape(-1)) if velocity is not None else NULL,
+                          lr, momentum, weight_decay)
+
+
+cdef inline void adam_range(floating *param, const floating *grad, floating *m, floating *v,
+                            floating step_size, floating inv_bc2_sqrt, floating beta1,
+                            floating beta2, floating eps, floating weight_decay,
+                            Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating g, denom
+    for i in range(i0, i1):
+        g = grad[i] + weight_decay * param[i]
+        m[i] = beta1 * m[i] + (1 - beta1) * g
+        v[i] = beta2 * v[i] + (1 - beta2) * (g * g)
+        if floating is float:
+            denom = sqrtf(v[i]) * inv_bc2_sqrt + eps
+        else:
+            denom = sqrt(v[i]) * inv_bc2_sqrt + eps
+        param[i] -= step_size * (m[i] / denom)
+
+
+cdef void _adam_step(floating[::1] param, const floating[::1] grad, floating[::1] m,
+                     floating[::1] v, long step, double lr, double beta1, double beta2,
+                     double eps, double weight_decay) noexcept:
+    # param, grad, m, v are (size,). torch.optim.Adam (L2 decay, not AdamW), one fused pass:
+    # g = grad + wd * p; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+    # p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+    cdef Py_ssize_t size = param.shape[0], per, part
+    cdef double step_size = lr / (1.0 - beta1 ** step)
+    cdef double inv_bc2_sqrt = 1.0 / sqrt(1.0 - beta2 ** step)
+    cdef int nt = threads_for(size, PAR_MIN_ELEMS // 4, size)
+    with nogil:
+        if nt == 1:
+            adam_range(&param[0], &grad[0], &m[0], &v[0], <floating>step_size,
+                       <floating>inv_bc2_sqrt, <floating>beta1, <floating>beta2, <floating>eps,
+                       <floating>weight_decay, 0, size)
+        else:
+            per = (size + nt - 1) // nt
+            for part in prange(nt, num_threads=nt, schedule="static"):
+                adam_range(&param[0], &grad[0], &m[0], &v[0], <floating>step_size,
+                           <floating>inv_bc2_sqrt, <floating>beta1, <floating>beta2,
+                           <floating>eps, <floating>weight_decay, part * per,
+                           min((part + 1) * per, size))
+
+
+def adam_step(param, grad, m, v, long step, double lr, double beta1, double beta2, double eps,
+              double weight_decay):
+    if param.itemsize == 4:
+        _adam_step[float](param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1),
+                          step, lr, beta1, beta2, eps, weight_decay)
+    else:
+        _adam_step[double](param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1),
+                           step, lr, beta1, beta2, eps, weight_decay)

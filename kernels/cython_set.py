@@ -1,0 +1,41 @@
+"""The cython set: optimised OpenMP kernels without BLAS (kernels/_cython/fast.pyx).
+
+The backend functions are the extension's own def functions, bound here by name, so a call
+pays no Python glue beyond kernels/_front.py's checks. Kernels receive checked, C-contiguous
+arrays and preallocated outputs (see kernels/_front.py).
+
+MATMUL_LADDER holds the matmul at each optimisation step, each a correct
+``callable(a, b, out, trans_a, trans_b)``, for the benchmarks to measure step by step:
+
+    naive     the textbook triple loop (kernels/_cython/naive.pyx)
+    blocked   loops reordered (i, p, j) and cache-blocked: the inner loop vectorises
+    packed    BLIS: packed A and B panels + the MR x NR register-blocked micro-kernel, 1 thread
+    threaded  the same with OpenMP threads over row blocks (LOOP 3)
+    dispatch  what the set's matmul runs: the small-size path (no packing) for small
+              products, threaded BLIS otherwise
+"""
+
+from ._cython._import import load
+
+_ext = load("fast")
+_naive = load("naive")
+
+THREADS_KEY = "openmp"
+
+set_threads = _ext.set_threads
+matmul = _ext.matmul
+relu = _ext.relu
+relu_backward = _ext.relu_backward
+softmax_cross_entropy = _ext.softmax_cross_entropy
+linear = _ext.linear
+linear_backward = _ext.linear_backward
+sgd_step = _ext.sgd_step
+adam_step = _ext.adam_step
+
+MATMUL_LADDER = {
+    "naive": _naive.matmul,
+    "blocked": _ext.matmul_blocked,
+    "packed": _ext.matmul_packed,
+    "threaded": _ext.matmul_threaded,
+    "dispatch": _ext.matmul,
+}
