@@ -143,12 +143,13 @@ def peak(pytestconfig):
         return None
 
 
-def rates(case, dtype, seconds, peak):
-    """GFLOP/s, GB/s, whether the op is compute- or memory-bound, and the fraction of peak."""
+def rates(case, dtype, seconds, peak, device="cpu"):
+    """GFLOP/s, GB/s, whether the op is compute- or memory-bound, and the fraction of peak
+    (of this machine's CPU peak: for CUDA results no fraction, as no GPU peak is measured)."""
     dtype = np.dtype(dtype)
     flops, nbytes = case.flops, case.bytes(dtype)
     out = {"gflops": flops / seconds / 1e9, "gbps": nbytes / seconds / 1e9}
-    if peak:
+    if peak and device == "cpu":
         gemm = peak["sgemm_gflops"] if dtype == np.float32 else peak.get("dgemm_gflops", peak["sgemm_gflops"])
         bound = "compute" if flops / nbytes > gemm / peak["copy_gbps"] else "memory"
         out["bound"] = bound
@@ -188,7 +189,7 @@ def measure(benchmark, threads, peak, case, set_name, dtype):
         stats = getattr(benchmark, "stats", None)
         if stats is not None:  # None under --benchmark-disable
             info["median_s"] = stats.stats.median
-            info.update(rates(case, dtype, stats.stats.median, peak))
+            info.update(rates(case, dtype, stats.stats.median, peak, device))
 
     return run
 

@@ -1,0 +1,160 @@
+"""Run the whole benchmark suite and write the report: ``python -m bench``.
+
+    python -m bench                       # everything, into results/  (about 15 minutes on 2 cores)
+    python -m bench --threads 2           # the thread count every set uses (default: every core)
+    python -m bench --out results/runs/x  # somewhere else (results/runs/ is git-ignored)
+    python -m bench --quick -- -k numpy   # a short smoke run; arguments after -- go to pytest
+
+Steps, each in its own process so one cannot disturb the next:
+
+1. ``bench.peak``: this machine's sgemm/dgemm FLOP/s and copy bandwidth -> peak.json;
+2. ``bench.first_call``: import, compile and first-call costs, cold and warm -> first_call.json;
+3. pytest-benchmark over bench/ (every op on every CPU set, the references, and end to end)
+   -> bench-cpu.json; on a machine with a GPU, a second run of the CUDA entries (with torch
+   on the CPU beside them) -> bench-gpu.json;
+4. ``bench.time_to_accuracy`` (when the trainer is present) -> time_to_accuracy.json;
+5. ``bench.peak`` again: the peaks kept are the best of the two measurements, so a disturbance
+   during one of them does not understate the machine;
+6. ``bench.report`` -> REPORT.md and charts/.
+
+A failing step is reported and the rest still run; the exit status is non-zero if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# pytest-benchmark settings of the full run: at least 5 rounds, up to ~0.3 s a benchmark (a
+# 2048^3 matmul still gets its 5 rounds), the garbage collector off while timing.
+PYTEST_TIMING = ["--benchmark-min-rounds=5", "--benchmark-max-time=0.3", "--benchmark-disable-gc",
+                 "--benchmark-warmup=off"]
+PYTEST_QUICK = ["--benchmark-min-rounds=3", "--benchmark-max-time=0.02", "--benchmark-disable-gc"]
+CPU_ENTRIES = None  # every set but the CUDA ones (selected with -k below)
+GPU_SETS = "torch-cuda,torch-autograd-cuda,torch-optim-cuda,torch-reference-cuda,torch,torch-autograd,torch-optim"
+
+
+def step(title, argv, failures, timeout=None):
+    print(f"\n=== {title}: {' '.join(argv)}", flush=True)
+    t0 = time.perf_counter()
+    try:
+        rc = subprocess.run(argv, cwd=ROOT, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    print(f"=== {title}: {'ok' if rc == 0 else f'FAILED ({rc})'} in {time.perf_counter() - t0:.0f} s", flush=True)
+    if rc != 0:
+        failures.append(title)
+    return rc
+
+
+def merge_peaks(before: dict | None, after: dict | None) -> dict | None:
+    """The best of two peak measurements, metric by metric, with both kept for the record."""
+    if not before or not after:
+        return before or after
+    best = dict(before)
+    for key in ("sgemm_gflops", "dgemm_gflops", "copy_gbps", "copy_gbps_1thread", "copy_gbps_threads", "copy_l3_gbps"):
+        best[key] = max(before.get(key, 0.0), after.get(key, 0.0))
+    best["runs"] = [{k: v for k, v in run.items() if k != "machine"} for run in (before, after)]
+    return best
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1:]
+    parser = argparse.ArgumentParser(description="Run the benchmark suite and write the report.")
+    parser.add_argument("--threads", type=int, default=None, help="threads for every set (default: every core)")
+    parser.add_argument("--out", default=str(ROOT / "results"), help="results directory (default results/)")
+    parser.add_argument("--quick", action="store_true", help="short timings and small peak problems: a smoke test")
+    parser.add_argument("--dtypes", default="float32", help="comma-separated (default float32)")
+    parser.add_argument("--skip", default="", help="comma-separated steps to skip: peak,first_call,bench,gpu,tta,report")
+    args = parser.parse_args(argv)
+
+    import kernels
+
+    threads = args.threads or kernels.cpu_count()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    py = sys.executable
+    failures = []
+    t_start = time.perf_counter()
+    env_note = f"{threads} threads, results in {out}"
+    print(f"python -m bench: {env_note}", flush=True)
+
+    peak_path = out / "peak.json"
+    quick = ["--quick"] if args.quick else []
+    before = None
+    if "peak" not in skip:
+        step("peak (before)", [py, "-m", "bench.peak", "--threads", str(threads), "--out", str(peak_path)] + quick, failures)
+        before = _load(peak_path)
+    if "first_call" not in skip:
+        step("first-call costs", [py, "-m", "bench.first_call", "--threads", str(threads),
+                                  "--out", str(out / "first_call.json")], failures)
+
+    common = [py, "-m", "pytest", "bench", "-q", "-p", "no:cacheprovider", "--benchmark-enable",
+              "--benchmark-group-by=group", "--benchmark-sort=name", "--benchmark-columns=median,iqr,rounds",
+              f"--bench-threads={threads}", f"--bench-peak={peak_path}", f"--bench-dtypes={args.dtypes}"]
+    timing = PYTEST_QUICK if args.quick else PYTEST_TIMING
+    # The CPU run leaves the CUDA entries out; a -k given after -- narrows it further.
+    user_k, rest = _split_k(extra)
+    cpu_k = "not cuda" + (f" and ({user_k})" if user_k else "")
+    if "bench" not in skip:
+        step("benchmarks (CPU)", common + timing + ["--benchmark-json", str(out / "bench-cpu.json"),
+                                                    "-k", cpu_k] + rest, failures)
+    if "gpu" not in skip and kernels.available("cuda")["torch"] is None:
+        step("benchmarks (GPU)", common + timing + ["--benchmark-json", str(out / "bench-gpu.json"),
+                                                    f"--bench-sets={GPU_SETS}"] + extra, failures)
+    if "tta" not in skip and importlib.util.find_spec("bench.time_to_accuracy") is not None:
+        step("time to accuracy", [py, "-m", "bench.time_to_accuracy", "--threads", str(threads),
+                                  "--out", str(out / "time_to_accuracy.json")], failures)
+    if "peak" not in skip:
+        step("peak (after)", [py, "-m", "bench.peak", "--threads", str(threads), "--out", str(out / "peak-after.json")]
+             + quick, failures)
+        after = _load(out / "peak-after.json")
+        merged = merge_peaks(before, after)
+        if merged:
+            peak_path.write_text(json.dumps(merged, indent=2) + "\n")
+        (out / "peak-after.json").unlink(missing_ok=True)
+    if "report" not in skip:
+        step("report", [py, "-m", "bench.report", "--results", str(out)], failures)
+
+    minutes = (time.perf_counter() - t_start) / 60
+    print(f"\npython -m bench: done in {minutes:.1f} min ({env_note})"
+          + (f"; FAILED steps: {', '.join(failures)}" if failures else ""), flush=True)
+    return 1 if failures else 0
+
+
+def _split_k(args):
+    """(the expression of a -k option in args or None, the other args)."""
+    k, rest, it = None, [], iter(args)
+    for a in it:
+        if a == "-k":
+            k = next(it, None)
+        elif a.startswith("-k") and len(a) > 2:
+            k = a[2:]
+        else:
+            rest.append(a)
+    return k, rest
+
+
+def _load(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    sys.exit(main())

@@ -1,0 +1,744 @@
+"""Turn the benchmark JSON into results/REPORT.md, with charts and a written analysis.
+
+    python -m bench.report [--results results]
+
+Reads, from the results directory: bench-cpu.json (pytest-benchmark, required), bench-gpu.json
+(a GPU machine's run, optional: its CUDA entries are added), peak.json (bench.peak),
+first_call.json (bench.first_call), time_to_accuracy.json (bench.time_to_accuracy). Missing
+optional inputs leave their section saying so. Writes REPORT.md and charts/*.png beside them.
+
+Every number in the report, the prose included, is computed here from those files; the
+explanations of *why* are written conditionally on the measured ratios, so a new run can
+never leave a stale claim behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from collections import OrderedDict, defaultdict
+from pathlib import Path
+
+from bench import cases as C
+
+ROOT = Path(__file__).resolve().parent.parent
+F32 = "float32"
+SET_ORDER = ["numpy", "numba", "numba-naive", "cython", "cython-naive", "torch", C.TORCH_AUTOGRAD,
+             C.TORCH_OPTIM, "torch-reference", C.CUDA, C.TORCH_AUTOGRAD + "-cuda", C.TORCH_OPTIM + "-cuda",
+             "torch-reference-cuda"]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _load_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class Results:
+    """The benchmark records, indexed by group and by (op, case, dtype, set)."""
+
+    def __init__(self, cpu_json, gpu_json=None):
+        self.meta = (cpu_json or {}).get("bench", {})
+        self.machine_info = (cpu_json or {}).get("machine_info", {})
+        self.datetime = (cpu_json or {}).get("datetime")
+        self.records = []
+        for bench in (cpu_json or {}).get("benchmarks", []):
+            self._add(bench)
+        self.gpu_meta = (gpu_json or {}).get("bench") if gpu_json else None
+        for bench in (gpu_json or {}).get("benchmarks", []) if gpu_json else []:
+            if bench.get("extra_info", {}).get("device") == "cuda":
+                self._add(bench)
+        self.groups = OrderedDict()
+        self.index = {}
+        for rec in self.records:
+            self.groups.setdefault(rec["group"], []).append(rec)
+            self.index[(rec["op"], rec["case"], rec["dtype"], rec["set"])] = rec
+
+    def _add(self, bench):
+        info = dict(bench.get("extra_info") or {})
+        stats = bench.get("stats") or {}
+        if "median" not in stats or "set" not in info:
+            return
+        self.records.append({**info, "group": bench.get("group") or bench["name"], "name": bench["name"],
+                             "median": stats["median"], "iqr": stats.get("iqr", 0.0),
+                             "rounds": stats.get("rounds"), "set": info["set"], "op": info.get("op"),
+                             "case": info.get("case"), "dtype": info.get("dtype", F32)})
+
+    def get(self, op, case, set_name, dtype=F32):
+        return self.index.get((op, case, dtype, set_name))
+
+    def median(self, op, case, set_name, dtype=F32):
+        rec = self.get(op, case, set_name, dtype)
+        return rec["median"] if rec else None
+
+    def sets(self):
+        seen = {r["set"] for r in self.records}
+        return [s for s in SET_ORDER if s in seen] + sorted(seen - set(SET_ORDER))
+
+
+def ratio(slow, fast):
+    """How many times faster ``fast`` is than ``slow`` (medians in seconds); None if missing."""
+    if slow is None or fast is None or fast <= 0:
+        return None
+    return slow / fast
+
+
+def geomean(xs):
+    xs = [x for x in xs if x is not None and x > 0]
+    return statistics.geometric_mean(xs) if xs else None
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def fmt_time(s):
+    if s is None:
+        return "–"
+    for unit, scale in (("s", 1), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9)):
+        if s >= scale:
+            return f"{s / scale:.3g} {unit}"
+    return f"{s * 1e9:.3g} ns"
+
+
+def fmt_x(r):
+    return "–" if r is None else f"{r:.2f}×"
+
+
+def fmt_pct(f):
+    return "–" if f is None else f"{100 * f:.0f}%"
+
+
+def fmt_num(x, digits=3):
+    return "–" if x is None else f"{x:.{digits}g}"
+
+
+def table(headers, rows):
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def rate_of(rec, peak):
+    """(text, fraction of peak) of a record: GFLOP/s for compute-bound ops, GB/s otherwise."""
+    flops, nbytes, t = rec.get("flops"), rec.get("bytes"), rec["median"]
+    if not flops or not nbytes or not t:
+        return "–", None
+    gflops, gbps = flops / t / 1e9, nbytes / t / 1e9
+    if not peak or rec.get("device") == "cuda":
+        bound = rec.get("bound") or ("compute" if rec.get("op", "").startswith(("matmul", "linear")) else "memory")
+        return (f"{gflops:.3g} GFLOP/s" if bound == "compute" else f"{gbps:.3g} GB/s"), None
+    gemm = peak["sgemm_gflops"] if rec.get("dtype", F32) == F32 else peak.get("dgemm_gflops", peak["sgemm_gflops"])
+    if flops / nbytes > gemm / peak["copy_gbps"]:
+        return f"{gflops:.3g} GFLOP/s", gflops / gemm
+    return f"{gbps:.3g} GB/s", gbps / peak["copy_gbps"]
+
+
+# ---------------------------------------------------------------- targets
+
+
+class Targets:
+    """The follow-up issue's targets, each a ratio measured side by side in one run."""
+
+    def __init__(self, res: Results, peak, ttа=None):
+        self.res, self.peak, self.tta = res, peak, ttа
+        self.rows = []
+
+    def add(self, target, measured, threshold, note=""):
+        if measured is None:
+            self.rows.append((target, "not measured", f"≥ {threshold:g}" if threshold else "", "–", "–", note))
+            return
+        met = measured >= threshold
+        margin = measured / threshold - 1.0
+        self.rows.append((target, f"{measured:.2f}", f"≥ {threshold:g}", "**met**" if met else "not met",
+                          f"{100 * margin:+.0f}%", note))
+
+    def add_le(self, target, measured, threshold, unit, note=""):
+        if measured is None:
+            self.rows.append((target, "not measured", f"≤ {threshold:g} {unit}", "–", "–", note))
+            return
+        met = measured <= threshold
+        margin = threshold / measured - 1.0 if measured > 0 else float("inf")
+        self.rows.append((target, f"{measured:.3g} {unit}", f"≤ {threshold:g} {unit}", "**met**" if met else "not met",
+                          f"{100 * margin:+.0f}%", note))
+
+    def compute(self):
+        r, compiled = self.res, [s for s in C.COMPILED_SETS]
+        # matmul 2048^3
+        vs_numpy = {s: ratio(r.median("matmul", "2048", "numpy"), r.median("matmul", "2048", s)) for s in compiled}
+        have = [v for v in vs_numpy.values() if v is not None]
+        self.add("matmul 2048³: best of numba/cython vs numpy", max(have) if have else None, 0.9,
+                 ", ".join(f"{s} {fmt_x(v)}" for s, v in vs_numpy.items()))
+        for s in compiled:
+            self.add(f"matmul 2048³: {s} vs numpy", vs_numpy[s], 0.6)
+        # matmul at the MLP's shapes, batch 32..512
+        for s in compiled:
+            rs = [ratio(r.median("matmul", c.id, "numpy"), r.median("matmul", c.id, s))
+                  for c in C.mlp_matmul_cases() if c.params["batch"] >= 32]
+            self.add(f"matmul, MLP shapes b32–512 (fwd, x^T g, g w^T): {s} vs numpy, geomean",
+                     geomean(rs) if all(x is not None for x in rs) else None, 1.0, f"{len(rs)} products")
+        # softmax_cross_entropy vs F.cross_entropy + backward
+        for case, need in (("128x10", 10.0), ("4096x1000", 2.0)):
+            for s in compiled:
+                self.add(f"softmax_cross_entropy {case}: {s} vs F.cross_entropy+backward",
+                         ratio(r.median("softmax_cross_entropy", case, C.TORCH_AUTOGRAD),
+                               r.median("softmax_cross_entropy", case, s)), need)
+        # bandwidth of the memory-bound passes
+        copy = self.peak["copy_gbps"] if self.peak else None
+        for op in ("relu", "relu_backward"):
+            for s in compiled:
+                rec = r.get(op, "4096x1000", s)
+                frac = rec["bytes"] / rec["median"] / 1e9 / copy if rec and copy else None
+                self.add(f"{op} 4096x1000: {s}, fraction of copy bandwidth", frac, 0.8,
+                         f"copy {copy:.1f} GB/s" if copy else "no peak.json")
+        for s in compiled:
+            cost, bw = self.epilogue(s)
+            self.add(f"bias+ReLU epilogue (linear relu=True vs matmul, b32–512): {s}, fraction of copy bandwidth",
+                     bw / copy if bw is not None and copy else None, 0.8,
+                     "effective bandwidth of the extra time over the bare matmul")
+            self.add_le(f"bias+ReLU fused at no measurable cost: {s}, linear(relu)/matmul geomean", cost, 1.05, "×",
+                        "≤ 1.05: within run-to-run noise")
+        # adam
+        for s in compiled:
+            self.add(f"adam_step over the MLP's parameters: {s} vs torch.optim.Adam.step()",
+                     ratio(r.median("adam_step", "mlp", C.TORCH_OPTIM), r.median("adam_step", "mlp", s)), 3.0)
+        # end to end
+        epoch = lambda s, b: r.median("epoch", f"b{b}", s)  # noqa: E731
+        best = lambda b: min((epoch(s, b) for s in compiled if epoch(s, b)), default=None)  # noqa: E731
+        best_name = lambda b: min((s for s in compiled if epoch(s, b)), key=lambda s: epoch(s, b), default="–")  # noqa: E731
+        for b, need in ((128, 3.0), (32, 6.0)):
+            self.add(f"SGD epoch b{b}: best compiled vs PyTorch eager reference",
+                     ratio(epoch("torch-reference", b), best(b)), need, f"best: {best_name(b)}")
+        for b, need in ((128, 2.0), (1, 20.0)):
+            note = f"best: {best_name(b)}"
+            if b == 1:
+                note += ("; read as 20× the numpy set at batch 1; vs the PyTorch reference: "
+                         f"{fmt_x(ratio(epoch('torch-reference', 1), best(1)))}")
+            self.add(f"SGD epoch b{b}: best compiled vs numpy set", ratio(epoch("numpy", b), best(b)), need, note)
+        tta = None
+        if self.tta:
+            times = [(v["seconds"], k) for k, v in self.tta.get("runs", {}).items()
+                     if v.get("reached") and k in compiled]
+            tta = min(times) if times else None
+        self.add_le(f"training time to {self._tta_target()} test accuracy, best compiled set",
+                    tta[0] if tta else None, 3.0, "s", f"{tta[1]}" if tta else "")
+        return self.rows
+
+    def _tta_target(self):
+        return f"{100 * self.tta.get('target', 0.88):.0f}%" if self.tta else "88%"
+
+    def epilogue(self, s):
+        """(geomean of linear(relu)/matmul, effective GB/s of the extra time at the largest
+        shape) over the MLP's hidden layers at batch 32..512."""
+        r, costs, bws = self.res, [], []
+        for c in C.linear_cases():
+            p = c.params
+            if not p["relu"] or p["batch"] < 32:
+                continue
+            lin = r.median("linear", c.id, s)
+            mm = r.median("matmul", f"b{p['batch']}-fwd{p['layer']}", s)
+            if lin is None or mm is None:
+                return None, None
+            costs.append(lin / mm)
+            extra = lin - mm
+            nbytes = (2 * p["batch"] * p["n_out"] + p["n_out"]) * 4
+            bws.append(nbytes / extra / 1e9 if extra > 0 else float("inf"))
+        if not costs:
+            return None, None
+        return geomean(costs), min(bws)
+
+
+# ---------------------------------------------------------------- charts
+
+
+def charts(res: Results, peak, out_dir: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    made = {}
+
+    # GFLOP/s against size per set: square matmul
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s in res.sets():
+        pts = [(n, res.get("matmul", str(n), s)) for n in C.SQUARE]
+        pts = [(n, rec["flops"] / rec["median"] / 1e9) for n, rec in pts if rec]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=s)
+    if peak:
+        ax.axhline(peak["sgemm_gflops"], color="k", ls="--", lw=1, label=f"measured sgemm peak {peak['sgemm_gflops']:.0f}")
+    ax.set(xscale="log", yscale="log", xlabel="n (n×n @ n×n, float32)", ylabel="GFLOP/s", title="matmul: GFLOP/s against size")
+    ax.set_xticks(C.SQUARE, [str(n) for n in C.SQUARE])
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    made["matmul"] = _save(fig, out_dir / "matmul_gflops.png")
+
+    # the ladder
+    ladder = defaultdict(list)
+    for rec in res.records:
+        if rec["op"] == "matmul-ladder" and rec["dtype"] == F32:
+            ladder[rec["set"]].append((rec["n"], rec["flops"] / rec["median"] / 1e9))
+    if ladder:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for s, pts in ladder.items():
+            ax.plot(*zip(*sorted(pts)), marker="o", label=s)
+        np_pts = [(n, res.get("matmul", str(n), "numpy")) for n in C.SQUARE]
+        np_pts = [(n, rec["flops"] / rec["median"] / 1e9) for n, rec in np_pts if rec]
+        if np_pts:
+            ax.plot(*zip(*np_pts), "k--", marker="x", label="numpy (BLAS)")
+        ax.set(xscale="log", yscale="log", xlabel="n (float32)", ylabel="GFLOP/s", title="matmul ladder")
+        ax.set_xticks(C.SQUARE, [str(n) for n in C.SQUARE])
+        ax.legend(fontsize=7)
+        ax.grid(True, which="both", alpha=0.3)
+        made["ladder"] = _save(fig, out_dir / "matmul_ladder.png")
+
+    # roofline
+    if peak:
+        fig, ax = plt.subplots(figsize=(8, 5.5))
+        ai = [2 ** e for e in range(-5, 10)]
+        ax.plot(ai, [min(peak["sgemm_gflops"], peak["copy_gbps"] * x) for x in ai], "k-", lw=2,
+                label=f"measured: {peak['sgemm_gflops']:.0f} GFLOP/s, {peak['copy_gbps']:.0f} GB/s (DRAM copy)")
+        if peak.get("copy_l3_gbps"):
+            ax.plot(ai, [min(peak["sgemm_gflops"], peak["copy_l3_gbps"] * x) for x in ai], "k:", lw=1,
+                    label=f"{peak['copy_l3_gbps']:.0f} GB/s (16 MiB copy)")
+        markers = {"matmul": "o", "linear": "s", "linear_backward": "D", "relu": "v", "relu_backward": "^",
+                   "softmax_cross_entropy": "*", "sgd_step": "P", "adam_step": "X"}
+        colors = {}
+        for rec in res.records:
+            if rec["dtype"] != F32 or rec.get("device") != "cpu" or rec["op"] not in markers:
+                continue
+            color = colors.setdefault(rec["set"], f"C{len(colors) % 10}")
+            x = rec["flops"] / rec["bytes"]
+            ax.scatter(x, rec["flops"] / rec["median"] / 1e9, marker=markers[rec["op"]], color=color, s=18, alpha=0.7)
+        for s, color in colors.items():
+            ax.scatter([], [], color=color, label=s)
+        for op, m in markers.items():
+            ax.scatter([], [], marker=m, color="gray", label=op)
+        ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP / byte)", ylabel="GFLOP/s",
+               title="roofline (float32, CPU; every benchmark at its intensity)")
+        ax.legend(fontsize=6, ncol=2, loc="lower right")
+        ax.grid(True, which="both", alpha=0.3)
+        made["roofline"] = _save(fig, out_dir / "roofline.png")
+
+    # epoch throughput against batch size
+    thr = defaultdict(list)
+    for rec in res.records:
+        if rec["op"] == "epoch" and rec["dtype"] == F32:
+            thr[rec["set"]].append((rec["batch"], rec["samples"] / rec["median"]))
+    if thr:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for s in [s for s in res.sets() if s in thr]:
+            ax.plot(*zip(*sorted(thr[s])), marker="o", label=s)
+        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="samples / s",
+               title="training throughput (SGD, one epoch or a fixed number of steps)")
+        ax.set_xticks(C.BATCHES, [str(b) for b in C.BATCHES])
+        ax.legend(fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+        made["epoch"] = _save(fig, out_dir / "epoch_throughput.png")
+    return made
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------- sections
+
+
+def machine_section(peak, res: Results):
+    m = (peak or {}).get("machine", {})
+    lines = ["## Machine", ""]
+    if not m:
+        cpu = res.machine_info.get("cpu", {}).get("brand_raw", "unknown CPU")
+        return "\n".join(lines + [f"{cpu} (no peak.json: run `python -m bench.peak`).", ""])
+    caches = ", ".join(f"{k} {v}" for k, v in m.get("caches", {}).items())
+    v = m.get("versions", {})
+    rows = [
+        ("CPU", f"{m.get('cpu')} ({m.get('cores')} cores usable, {m.get('logical_cpus')} logical CPUs)"),
+        ("caches", caches or "–"),
+        ("SIMD", ", ".join(m.get("simd", [])) or "–"),
+        ("GPU", m.get("gpu") or "none"),
+        ("OS", m.get("os")),
+        ("measured peak, float32", f"{peak['sgemm_gflops']:.1f} GFLOP/s (NumPy sgemm {peak['gemm_n']}³, {peak['threads']} threads)"),
+        ("measured peak, float64", f"{peak['dgemm_gflops']:.1f} GFLOP/s (dgemm)"),
+        ("copy bandwidth", f"{peak['copy_gbps']:.1f} GB/s ({peak['copy_bytes'] >> 20} MiB; one thread "
+                           f"{peak['copy_gbps_1thread']:.1f}, {peak['threads']} threads {peak['copy_gbps_threads']:.1f}); "
+                           f"16 MiB copy {peak['copy_l3_gbps']:.1f} GB/s"),
+        ("versions", ", ".join(f"{k} {val}" for k, val in v.items() if val)),
+        ("BLAS / OpenMP (threadpoolctl)", "; ".join(
+            " ".join(str(x) for x in (b.get("internal_api"), b.get("version"), b.get("architecture")) if x)
+            + f" ({b.get('threading_layer') or b.get('user_api')}, {b.get('num_threads')} threads at import)"
+            for b in m.get("blas", [])) or "–"),
+        ("benchmark threads", str(res.meta.get("threads", "–"))),
+        ("measured", f"peak {peak.get('measured_at')}; benchmarks {res.datetime or '–'}"),
+    ]
+    lines.append(table(["", ""], rows))
+    unavailable = {k: r for k, r in res.meta.get("available", {}).items() if r}
+    if unavailable:
+        lines += ["", "Not measured in this run:", ""] + [f"- `{k}`: {r}" for k, r in unavailable.items()]
+    return "\n".join(lines + [""])
+
+
+def ladder_section(res: Results):
+    steps = defaultdict(dict)  # set -> step -> {n: median}
+    order = defaultdict(dict)
+    for rec in res.records:
+        if rec["op"] == "matmul-ladder" and rec["dtype"] == F32:
+            base, step = rec["set"].split(":")
+            steps[base].setdefault(step, {})[rec["n"]] = rec["median"]
+            order[base][step] = rec.get("step_index", 0)
+    if not steps:
+        return "## The matmul ladder\n\nNot measured (no compiled set with a `MATMUL_LADDER` was available).\n"
+    lines = ["## The matmul ladder", "",
+             "Each compiled set's matmul at every optimisation step (`MATMUL_LADDER`), float32, n×n @ n×n. "
+             "GFLOP/s per size; *step speed-up* is each step against the one before it, at the largest size "
+             "both were measured at (early steps are too slow to run at every size).", ""]
+    for base, by_step in steps.items():
+        names = sorted(by_step, key=lambda s: order[base][s])
+        sizes = sorted({n for d in by_step.values() for n in d})
+        rows = []
+        for i, st in enumerate(names):
+            cells = [f"{2 * n**3 / by_step[st][n] / 1e9:.3g}" if n in by_step[st] else "–" for n in sizes]
+            if i == 0:
+                speed = "–"
+            else:
+                prev = by_step[names[i - 1]]
+                common = [n for n in sizes if n in prev and n in by_step[st]]
+                speed = f"{fmt_x(prev[common[-1]] / by_step[st][common[-1]])} at {common[-1]}" if common else "–"
+            rows.append([f"`{st}`"] + cells + [speed])
+        np_row = ["numpy (BLAS)"] + [
+            f"{2 * n**3 / res.median('matmul', str(n), 'numpy') / 1e9:.3g}" if res.median("matmul", str(n), "numpy") else "–"
+            for n in sizes] + [""]
+        lines += [f"**{base}** (GFLOP/s)", "", table(["step"] + [str(n) for n in sizes] + ["step speed-up"], rows + [np_row]), ""]
+    return "\n".join(lines)
+
+
+def group_tables(res: Results, peak):
+    lines = ["## Every benchmark", "",
+             "Median of each set per group (op, shape, dtype). *vs torch*: how many times faster than the torch "
+             "set on the CPU; *vs numpy*: than the numpy set (above 1 is faster). Rate: GFLOP/s for compute-bound "
+             "ops, GB/s for memory-bound ones, with the fraction of the measured peak (CPU results only).", ""]
+    current_op = None
+    for group, recs in res.groups.items():
+        op = recs[0]["op"]
+        if op != current_op:
+            lines += [f"### {op}", ""]
+            current_op = op
+        order = {s: i for i, s in enumerate(res.sets())}
+        recs = sorted(recs, key=lambda r: order.get(r["set"], 99))
+        torch_t = next((r["median"] for r in recs if r["set"] == "torch"), None)
+        numpy_t = next((r["median"] for r in recs if r["set"] == "numpy"), None)
+        rows = []
+        for r in recs:
+            rate, frac = rate_of(r, peak)
+            rows.append([f"`{r['set']}`", fmt_time(r["median"]), rate, fmt_pct(frac),
+                         fmt_x(ratio(torch_t, r["median"])), fmt_x(ratio(numpy_t, r["median"]))])
+        lines += [f"**{group}**", "", table(["set", "median", "rate", "of peak", "vs torch", "vs numpy"], rows), ""]
+    return "\n".join(lines)
+
+
+def first_call_section(fc):
+    if not fc:
+        return "## First-call and compile costs\n\nNot measured (run `python -m bench.first_call`).\n"
+    lines = ["## First-call and compile costs", "",
+             f"Each set in a fresh process ({fc.get('threads')} threads, float32, MLP shapes at batch "
+             f"{fc.get('batch')}): `get` is `kernels.get(name)` (importing the backend: Numba, torch, the "
+             "Cython extension); *first calls* is the first call of all ten ops summed; *one-off* is first minus "
+             "second call, summed: compilation and lazy set-up. *cold*: an empty Numba cache "
+             "(NUMBA_CACHE_DIR in a new temporary directory), *warm*: a second process on the filled cache. "
+             "The benchmarks above exclude all of this (every op runs once before timing).", ""]
+    rows = []
+    for name, runs in fc.get("sets", {}).items():
+        row = [f"`{name}`"]
+        for kind in ("cold", "warm"):
+            r = runs.get(kind, {})
+            if "error" in r:
+                row += ["error: " + " ".join(r["error"]), "", ""]
+                continue
+            row += [fmt_time(r.get("get_s")), fmt_time(r.get("first_calls_s")), fmt_time(r.get("once_total_s"))]
+        row.append(fmt_time(runs.get("cold", {}).get("process_s")))
+        rows.append(row)
+    lines.append(table(["set", "cold: get", "cold: first calls", "cold: one-off", "warm: get", "warm: first calls",
+                        "warm: one-off", "cold process"], rows))
+    worst = {}
+    for name, runs in fc.get("sets", {}).items():
+        ops = runs.get("cold", {}).get("ops", {})
+        if ops:
+            op, r = max(ops.items(), key=lambda kv: kv[1]["once_s"])
+            worst[name] = (op, r["once_s"])
+    if worst:
+        lines += ["", "Costliest first call per set (cold): " + "; ".join(
+            f"`{n}` {op} {fmt_time(t)}" for n, (op, t) in worst.items()) + "."]
+    return "\n".join(lines + [""])
+
+
+def train_section(res: Results, tta):
+    lines = ["## End to end", ""]
+    epoch = [r for r in res.records if r["op"] in ("epoch", "train_step")]
+    if not epoch:
+        lines.append("Not measured in this run (no `bench_train` results).")
+    else:
+        for op, what in (("train_step", "one training step (forward, backward, SGD update)"),
+                         ("epoch", "one epoch of SGD (batch 1: a fixed number of steps)")):
+            recs = [r for r in epoch if r["op"] == op]
+            if not recs:
+                continue
+            sets = [s for s in res.sets() if any(r["set"] == s for r in recs)]
+            rows = []
+            for s in sets:
+                row = [f"`{s}`"]
+                for b in C.BATCHES:
+                    r = next((r for r in recs if r["set"] == s and r["batch"] == b), None)
+                    row.append(f"{r['samples'] / r['median']:,.0f}" if r else "–")
+                rows.append(row)
+            lines += [f"Samples per second, {what}:", "", table(["set"] + [f"batch {b}" for b in C.BATCHES], rows), ""]
+    if tta:
+        rows = []
+        for name, r in tta.get("runs", {}).items():
+            rows.append([f"`{name}`", fmt_time(r.get("seconds")) if r.get("reached") else "not reached",
+                         r.get("epochs", "–"), f"{100 * r['accuracy']:.2f}%" if r.get("accuracy") is not None else "–",
+                         r.get("batch", "–"), r.get("optimizer", "–"), r.get("lr", "–")])
+        lines += [f"Training time to {100 * tta.get('target', 0.88):.0f}% Fashion-MNIST test accuracy "
+                  "(wall time of the training loop, evaluation after each epoch excluded):", "",
+                  table(["set", "time", "epochs", "final test accuracy", "batch", "optimizer", "lr"], rows), ""]
+    elif epoch:
+        lines.append("Time to accuracy: not measured (run `python -m bench.time_to_accuracy`).")
+    return "\n".join(lines + [""])
+
+
+# ---------------------------------------------------------------- analysis
+
+
+def analysis(res: Results, peak, fc, tta):
+    """The written analysis: mechanisms, each sentence conditional on the measured numbers."""
+    out = ["## Analysis", ""]
+    m = (peak or {}).get("machine", {})
+    where = f"{m.get('cpu', 'this machine')}, {res.meta.get('threads', '?')} threads" if m else "this machine"
+    compiled = [s for s in C.COMPILED_SETS if any(r["set"] == s for r in res.records)]
+    blas_names = ", ".join(sorted({f"{b.get('internal_api')} {b.get('version')}" for b in m.get("blas", [])
+                                   if b.get("user_api") == "blas"})) or "its BLAS"
+
+    # -- large matmul
+    np_2048 = res.median("matmul", "2048", "numpy")
+    if np_2048 and peak:
+        g = 2 * 2048**3 / np_2048 / 1e9
+        para = [f"**Large matmul.** On {where}, NumPy's matmul (it calls {blas_names}) runs 2048³ float32 at "
+                f"{g:.0f} GFLOP/s, {100 * g / peak['sgemm_gflops']:.0f}% of the peak measured with the same BLAS at "
+                f"{peak['gemm_n']}³."]
+        for s in compiled + ["torch"]:
+            t = res.median("matmul", "2048", s)
+            if t:
+                r = np_2048 / t
+                para.append(f"`{s}` reaches {2 * 2048**3 / t / 1e9:.0f} GFLOP/s ({r:.2f}× numpy).")
+        best = max((np_2048 / res.median("matmul", "2048", s) for s in compiled if res.median("matmul", "2048", s)), default=None)
+        if best is not None:
+            if best >= 0.9:
+                para.append("At this size a hand-written kernel can only match BLAS by doing what BLAS does: packing "
+                            "panels of A and B into contiguous buffers sized for L2 and L1, and a register-blocked "
+                            "micro-kernel that keeps an MR×NR tile of C in vector registers while streaming the packed "
+                            "panels; the compiled sets do this, so they land within reach of BLAS.")
+            else:
+                para.append(f"The best compiled set stays at {best:.2f}× BLAS. The gap at large sizes is the "
+                            "micro-kernel: BLAS's is hand-scheduled assembly that issues a fused multiply-add "
+                            "every cycle on every FMA port, while a compiler-generated loop loses cycles to "
+                            "register spills, address arithmetic and imperfect scheduling; blocking and packing "
+                            "(the ladder below) close most but not all of it.")
+        out += [" ".join(para), ""]
+
+    # -- MLP shapes and per-call overhead
+    small = [c for c in C.mlp_matmul_cases() if c.params["batch"] == 1 and c.params["kind"] == "fwd"]
+    if small and res.median("matmul", small[0].id, "numpy"):
+        c = small[-1]  # batch 1, last layer: (1,64)@(64,10), a few hundred flops
+        rows = [(s, res.median("matmul", c.id, s)) for s in res.sets() if res.median("matmul", c.id, s)]
+        para = [f"**Small shapes: the cost of a call.** At batch 1 the last layer's matmul {c.label} is "
+                f"{int(c.flops)} flops, nanoseconds of arithmetic; what is measured is the cost of the call itself: "
+                + ", ".join(f"`{s}` {fmt_time(t)}" for s, t in rows) + "."]
+        tt, tn = res.median("matmul", c.id, "torch"), res.median("matmul", c.id, "numpy")
+        if tt and tn:
+            if tt > tn:
+                para.append(f"torch pays {tt / tn:.1f}× numpy's per-call cost: its dispatcher resolves the op, "
+                            "device and dtype, checks `out=` and records version counters on every call, "
+                            "which dwarfs a tiny kernel.")
+            else:
+                para.append("torch's dispatch is no slower than NumPy's ufunc/BLAS entry here.")
+        fastest = min(rows, key=lambda x: x[1])
+        para.append(f"The fastest is `{fastest[0]}` ({fmt_time(fastest[1])}); every set also pays the interface's "
+                    "own checks in `kernels/_front.py`, the same Python code for all, which sets a floor of a few "
+                    "microseconds per op.")
+        geo = {}
+        for s in compiled:
+            rs = [ratio(res.median("matmul", x.id, "numpy"), res.median("matmul", x.id, s))
+                  for x in C.mlp_matmul_cases() if x.params["batch"] >= 32]
+            if all(r is not None for r in rs):
+                geo[s] = geomean(rs)
+        if geo:
+            para.append("Over the MLP's products at batch 32–512 (geometric mean against numpy): "
+                        + ", ".join(f"`{s}` {fmt_x(v)}" for s, v in geo.items()) + ".")
+            if max(geo.values()) >= 1.0:
+                para.append("At these skinny shapes (one dimension 10 or 64) BLAS's blocking, tuned for large "
+                            "square panels, buys little, and a kernel that fits its tiles to the shape and skips "
+                            "BLAS's packing wins.")
+            else:
+                para.append("Even at these shapes BLAS's kernels stay ahead; its packing cost is small next to "
+                            "its faster micro-kernel.")
+        out += [" ".join(para), ""]
+
+    # -- memory-bound ops
+    if peak:
+        copy = peak["copy_gbps"]
+        para = [f"**Memory-bound ops.** A copy moves {copy:.1f} GB/s here ({peak.get('copy_l3_gbps', 0):.1f} GB/s "
+                "for a 16 MiB array that stays partly in L3)."]
+        for op in ("relu", "relu_backward"):
+            got = []
+            for s in ["numpy"] + compiled + ["torch"]:
+                rec = res.get(op, "4096x1000", s)
+                if rec:
+                    got.append(f"`{s}` {rec['bytes'] / rec['median'] / 1e9:.1f}")
+            if got:
+                para.append(f"{op} at 4096×1000 (GB/s): " + ", ".join(got) + ".")
+        para.append("These ops do one comparison per element, so their speed is the rate at which memory can "
+                    "be streamed; a set can beat the DRAM copy figure only while its arrays stay in cache, "
+                    "and it falls short of it when it makes extra passes (NumPy's relu_backward builds the "
+                    "mask `y > 0` as a temporary array before multiplying) or runs on fewer threads than the copy.")
+        sm_np = res.median("softmax_cross_entropy", "4096x1000", "numpy")
+        for s in compiled:
+            t = res.median("softmax_cross_entropy", "4096x1000", s)
+            ta = res.median("softmax_cross_entropy", "128x10", C.TORCH_AUTOGRAD)
+            ts = res.median("softmax_cross_entropy", "128x10", s)
+            if t and sm_np:
+                para.append(f"softmax_cross_entropy at 4096×1000: `{s}` {sm_np / t:.1f}× numpy, which makes about "
+                            "six passes (max, subtract, exp, sum, divide, scatter) over the logits where a fused "
+                            "kernel reads them once per row while the row is in L1.")
+            if ta and ts:
+                para.append(f"At 128×10, `{s}` is {ta / ts:.1f}× faster than `F.cross_entropy` + `.backward()`, "
+                            "whose cost at this size is autograd's graph building and the dispatch of each of its "
+                            "ops, not arithmetic.")
+        out += [" ".join(para), ""]
+
+    # -- fusion
+    tg = Targets(res, peak)
+    fus = []
+    for s in compiled + ["numpy", "torch"]:
+        cost, _ = tg.epilogue(s)
+        if cost is not None:
+            fus.append((s, cost))
+    if fus:
+        para = ["**Fusion.** linear(relu=True) against the bare matmul of the same shape (MLP hidden layers, "
+                "batch 32–512, geometric mean): " + ", ".join(f"`{s}` {c:.2f}×" for s, c in fus) + "."]
+        fused = [s for s, c in fus if c <= 1.05]
+        unfused = [s for s, c in fus if c > 1.05]
+        if fused:
+            para.append(", ".join(f"`{s}`" for s in fused) + " add bias and ReLU at no measurable cost: the values "
+                        "are added and clamped in registers as each tile of the output is stored, instead of in "
+                        "separate passes that read and write the whole output again.")
+        if unfused:
+            para.append(", ".join(f"`{s}`" for s in unfused) + " pay for separate passes over the output "
+                        "(`out += b`, then `maximum`), each a full read and write of memory.")
+        out += [" ".join(para), ""]
+
+    # -- optimizers
+    ta = res.median("adam_step", "mlp", C.TORCH_OPTIM)
+    if ta:
+        para = [f"**Optimizer steps.** `torch.optim.Adam.step()` over the MLP's six parameter tensors takes "
+                f"{fmt_time(ta)}"]
+        parts = [f"`{s}` {fmt_time(res.median('adam_step', 'mlp', s))} ({ta / res.median('adam_step', 'mlp', s):.1f}× faster)"
+                 for s in ["numpy"] + compiled + ["torch"] if res.median("adam_step", "mlp", s)]
+        para[-1] += "; " + ", ".join(parts) + "."
+        para.append("Adam is about a dozen flops per parameter over four arrays, so a fused kernel is one pass "
+                    "at memory speed (109,386 parameters, 3 MB of traffic: tens of microseconds); NumPy "
+                    "evaluates each sub-expression as a pass of its own with temporaries, and torch.optim adds "
+                    "per-tensor Python and dispatch overhead for each of its ~10 ops per parameter.")
+        out += [" ".join(para), ""]
+
+    # -- end to end
+    ep = {(r["set"], r["batch"]): r["samples"] / r["median"] for r in res.records if r["op"] == "epoch"}
+    if ep:
+        para = ["**End to end.**"]
+        for b in C.BATCHES:
+            present = {s: v for (s, bb), v in ep.items() if bb == b}
+            if present:
+                best = max(present, key=present.get)
+                para.append(f"At batch {b}, `{best}` trains fastest ({present[best]:,.0f} samples/s"
+                            + (f", {present[best] / present['torch-reference']:.1f}× the PyTorch reference"
+                               if "torch-reference" in present else "") + ").")
+        para.append("At small batches a training step is dozens of tiny ops, so the per-call costs above add up "
+                    "(autograd and the optimizer dominate PyTorch's step); at large batches the matmuls "
+                    "dominate and every set converges toward its matmul speed.")
+        out += [" ".join(para), ""]
+
+    # -- first call
+    if fc:
+        nb = fc.get("sets", {}).get("numba", {}) or fc.get("sets", {}).get("numba-naive", {})
+        if nb and "once_total_s" in nb.get("cold", {}):
+            out += [f"**First calls.** Numba compiles each kernel on its first call: {fmt_time(nb['cold']['once_total_s'])} "
+                    f"for the ten ops with an empty cache, {fmt_time(nb['warm'].get('once_total_s'))} when loading "
+                    "them from the on-disk cache. Cython pays at build time instead, torch pays its import.", ""]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- main
+
+
+def write_report(results_dir: Path) -> Path:
+    results_dir = Path(results_dir)
+    cpu = _load_json(results_dir / "bench-cpu.json")
+    if cpu is None:
+        raise SystemExit(f"{results_dir / 'bench-cpu.json'} is missing or unreadable: run `python -m bench` first")
+    gpu = _load_json(results_dir / "bench-gpu.json")
+    peak = _load_json(results_dir / "peak.json") or cpu.get("bench", {}).get("peak")
+    fc = _load_json(results_dir / "first_call.json")
+    tta = _load_json(results_dir / "time_to_accuracy.json")
+    res = Results(cpu, gpu)
+    made = charts(res, peak, results_dir / "charts")
+    targets = Targets(res, peak, tta).compute()
+    m = (peak or {}).get("machine", {})
+
+    parts = [
+        "# Benchmark report: hand-written kernels against NumPy and PyTorch", "",
+        f"Measured on **{m.get('cpu', 'unknown CPU')}** ({m.get('cores', '?')} cores, "
+        f"{res.meta.get('threads', '?')} threads for every set), float32 unless stated; medians of "
+        "pytest-benchmark rounds. Generated by `python -m bench.report` from the JSON beside this file; "
+        "rerun with `python -m bench`." + (" A GPU run's CUDA entries are included." if gpu else
+                                          " No GPU run is included (no `bench-gpu.json`)."), "",
+        "## Targets", "",
+        "Each a ratio measured side by side in one run (medians, float32). *Margin*: how far past (+) or short "
+        "of (−) the threshold.", "",
+        table(["target", "measured", "threshold", "", "margin", "note"], targets), "",
+        analysis(res, peak, fc, tta),
+        ladder_section(res),
+        train_section(res, tta),
+        first_call_section(fc),
+        "## Charts", "",
+    ]
+    for key, title in (("matmul", "matmul GFLOP/s against size"), ("ladder", "the matmul ladder"),
+                       ("roofline", "roofline"), ("epoch", "training throughput against batch size")):
+        if key in made:
+            parts += [f"![{title}](charts/{made[key].name})", ""]
+    parts += [machine_section(peak, res), group_tables(res, peak)]
+    out = results_dir / "REPORT.md"
+    out.write_text("\n".join(parts).rstrip() + "\n")
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default=str(ROOT / "results"), help="directory with the JSON (and for the report)")
+    args = parser.parse_args(argv)
+    out = write_report(Path(args.results))
+    print(f"report -> {out}")
+
+
+if __name__ == "__main__":
+    main()
