@@ -123,10 +123,11 @@ def split_data(data, cfg: Config, rng: np.random.Generator):
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def make_engine(cfg: Config, data, sizes, params, train_idx, val_idx):
-    """The engine that trains with cfg.kernels: a KernelEngine, or the torch-autograd reference."""
-    opts = dict(optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                batch_size=min(cfg.batch_size, len(train_idx)))
+def kernel_set(cfg: Config):
+    """The kernel set cfg names on cfg.device (None for the torch-autograd reference, whose
+    device is checked here too); UsageError when it does not exist or cannot run here."""
+    import kernels
+
     if cfg.kernels == REFERENCE:
         if cfg.device != "cpu":
             import torch
@@ -134,20 +135,27 @@ def make_engine(cfg: Config, data, sizes, params, train_idx, val_idx):
             reason = _cuda_problem(torch, cfg.device)
             if reason:
                 raise UsageError(reason)
+        return None
+    if cfg.kernels not in kernels.names():
+        raise UsageError(f"unknown kernel set {cfg.kernels!r}; use one of {', '.join(kernels.names())}, {REFERENCE}")
+    try:
+        return kernels.get(cfg.kernels, device=cfg.device, threads=cfg.threads)
+    except (ValueError, TypeError, kernels.UnavailableError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def make_engine(cfg: Config, ks, data, sizes, params, train_idx, val_idx):
+    """The engine that trains with cfg.kernels: a KernelEngine on ``ks``, or (ks None) the
+    torch-autograd reference."""
+    opts = dict(optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                batch_size=min(cfg.batch_size, len(train_idx)))
+    if ks is None:
         from .torch_reference import TorchEngine
 
         return TorchEngine(data, sizes, params, train_idx=train_idx, val_idx=val_idx,
                            device=cfg.device, threads=cfg.threads, **opts)
-
-    import kernels
     from .engine import KernelEngine
 
-    try:
-        ks = kernels.get(cfg.kernels, device=cfg.device, threads=cfg.threads)
-    except ValueError as exc:
-        raise UsageError(f"{exc}, and {REFERENCE}") from None
-    except kernels.UnavailableError as exc:
-        raise UsageError(str(exc)) from None
     eval_sets = {"train": (data.x_train[train_idx], data.y_train[train_idx]),
                  "test": (data.x_test, data.y_test)}
     if len(val_idx):
@@ -257,6 +265,7 @@ def train(cfg: Config) -> dict:
         if cfg.out is None:
             cfg.out = str(Path(cfg.resume).parent)
     cfg.check()
+    ks = kernel_set(cfg)            # before the data: a wrong set or device fails at once
 
     data = load_dataset(cfg.dataset, cfg.data_dir, allow_download=cfg.download,
                         log=(lambda m: None) if cfg.quiet else print)
@@ -266,7 +275,7 @@ def train(cfg: Config) -> dict:
 
     params0 = init_params(sizes, cfg.init, rng)
     train_idx, val_idx = split_data(data, cfg, rng)
-    engine = make_engine(cfg, data, sizes, params0, train_idx, val_idx)
+    engine = make_engine(cfg, ks, data, sizes, params0, train_idx, val_idx)
     batch = min(cfg.batch_size, len(train_idx))
 
     out = Path(cfg.out) if cfg.out else _new_run_dir(cfg.kernels)
@@ -311,7 +320,8 @@ def train(cfg: Config) -> dict:
     n_batches = math.ceil(n / batch)
     _say(cfg, f"training {'-'.join(map(str, sizes))} on {data.name} ({n} samples) with {cfg.kernels} "
               f"[{cfg.device}], {cfg.optimizer} lr={cfg.lr:g}, batch {batch}, {cfg.epochs} epochs -> {out}")
-    with _InterruptFlag() as interrupt:
+    # a diverging run overflows before its loss turns NaN; the loss check below reports it once
+    with _InterruptFlag() as interrupt, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         while epoch < cfg.epochs:
             if order is None:
                 order = rng.permutation(n)
@@ -537,14 +547,15 @@ def main(argv=None) -> int:
     cfg, given = config_from_args(args)
     try:
         if cfg.resume:
+            saved = ckpt.load(cfg.resume)           # first: a missing checkpoint is the news
+            if "kernels" not in given:
+                cfg.kernels = saved["meta"].get("kernels", cfg.kernels)
             clash = sorted(given & set(TRAINING_FIELDS))
             if clash:
                 raise UsageError(
                     f"--resume continues the checkpoint's training; drop {', '.join('--' + c.replace('_', '-') for c in clash)} "
                     "(only --kernels, --device, --threads, --epochs, --out, --data-dir, --checkpoint, --quiet may change)"
                 )
-        if cfg.resume and "kernels" not in given:
-            cfg.kernels = ckpt.load(cfg.resume)["meta"].get("kernels", cfg.kernels)
         metrics = train(cfg)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
