@@ -28,7 +28,7 @@ Design note (after scikit-learn's ``_loss.pyx``; the matmul after bluss's matrix
 """
 
 from cython.parallel cimport prange, threadid
-from libc.math cimport exp, expf, log, sqrt, sqrtf
+from libc.math cimport exp, log, sqrt, sqrtf
 from libc.stdint cimport int64_t
 from libc.string cimport memset
 
@@ -50,6 +50,8 @@ cdef extern from "microkernel.h" nogil:
         PAR_MIN_ELEMS
         BLOCKED_NB
         BLOCKED_KB
+        BLOCKS_PER_THREAD
+        MIN_BLOCK_ROWS
     void *kernels_alloc(size_t nbytes)
     void kernels_free(void *p)
     void ukr_float_packed(long kc, const float *a, const float *b, float *c, long ldc,
@@ -61,6 +63,21 @@ cdef extern from "microkernel.h" nogil:
     void ukr_double_direct(long kc, const double *a, long rsa, long csa, const double *b,
                            long rsb, double *c, long ldc, int accumulate, const double *bias,
                            int relu)
+    void ukr_float_narrow_direct(long kc, const float *a, long rsa, long csa, const float *b,
+                                 long rsb, float *c, long ldc, int accumulate, const float *bias,
+                                 int relu)
+    void ukr_double_narrow_direct(long kc, const double *a, long rsa, long csa, const double *b,
+                                  long rsb, double *c, long ldc, int accumulate,
+                                  const double *bias, int relu)
+
+cdef extern from "vecmath.h" nogil:
+    enum:
+        VL_F32
+        SOFTMAX_BLOCK_ROWS
+    double softmax_xent_small_rows_f32(const float *z, const int64_t *labels, float *g,
+                                       long rows, long classes, double inv_batch)
+    float row_max_f32(const float *z, long n)
+    double exp_minus_max_f32(const float *z, float zmax, float *out, long n)
 
 ctypedef fused floating:
     float
@@ -109,6 +126,15 @@ cdef inline void ukr_direct(long kc, const floating *a, long rsa, long csa, cons
         ukr_float_direct(kc, a, rsa, csa, b, rsb, c, ldc, accumulate, bias, relu)
     else:
         ukr_double_direct(kc, a, rsa, csa, b, rsb, c, ldc, accumulate, bias, relu)
+
+
+cdef inline void ukr_narrow(long kc, const floating *a, long rsa, long csa, const floating *b,
+                            long rsb, floating *c, long ldc) noexcept nogil:
+    """The MR x NR/2 kernel, for a last column strip at most NR/2 wide (into a tile buffer)."""
+    if floating is float:
+        ukr_float_narrow_direct(kc, a, rsa, csa, b, rsb, c, ldc, False, NULL, False)
+    else:
+        ukr_double_narrow_direct(kc, a, rsa, csa, b, rsb, c, ldc, False, NULL, False)
 
 
 cdef void pack(const floating *x, Py_ssize_t ldx, bint trans, Py_ssize_t r0, Py_ssize_t nrows,
@@ -210,10 +236,17 @@ cdef void gemm_packed(const floating *a, Py_ssize_t lda, bint trans_a,
     cdef floating *bp = <floating *>kernels_alloc(KC * (NC + NR) * sizeof(floating))
     cdef floating *ap_all = <floating *>kernels_alloc(nthreads * KC * (MC + MR) * sizeof(floating))
     cdef floating *ap
-    # Row blocks: MC rows each, but no more blocks than it takes to give every thread work.
+    # Row blocks: MC rows each, but at least BLOCKS_PER_THREAD per thread when m allows, handed
+    # out dynamically: on a shared 2-core box one thread is often slowed down, and a static
+    # split would leave the other waiting at the barrier.
     cdef Py_ssize_t mcb = MC
-    if nthreads > 1 and (m + nthreads - 1) // nthreads < MC:
-        mcb = ((m + nthreads - 1) // nthreads + MR - 1) // MR * MR
+    if nthreads > 1:
+        mcb = (m + nthreads * BLOCKS_PER_THREAD - 1) // (nthreads * BLOCKS_PER_THREAD)
+        mcb = (mcb + MR - 1) // MR * MR
+        if mcb > MC:
+            mcb = MC
+        if mcb < MIN_BLOCK_ROWS:
+            mcb = MIN_BLOCK_ROWS
     n_blocks = (m + mcb - 1) // mcb
     nt = nthreads if nthreads < n_blocks else <int>n_blocks
     for jc_i in range((n + NC - 1) // NC):                          # LOOP 5: split n into NC parts
@@ -231,7 +264,7 @@ cdef void gemm_packed(const floating *a, Py_ssize_t lda, bint trans_a,
                          pc, kc, NR, bp + jp * NR * kc)
             else:
                 pack(b, ldb, not trans_b, jc, nc, pc, kc, NR, bp)
-            for ib in prange(n_blocks, num_threads=nt, schedule="static"):
+            for ib in prange(n_blocks, num_threads=nt, schedule="dynamic"):
                 ic = ib * mcb                           # LOOP 3: split m into MC parts; pack A
                 mc = mcb if m - ic >= mcb else m - ic
                 tid = threadid()
@@ -246,14 +279,15 @@ cdef void gemm_packed(const floating *a, Py_ssize_t lda, bint trans_a,
 cdef void direct_tiles(const floating *a, Py_ssize_t lda, bint trans_a,
                        const floating *b, Py_ssize_t rsb, Py_ssize_t bstep,
                        const floating *a_edge,
-                       const floating *b_edge, floating *c, Py_ssize_t ldc,
+                       const floating *b_edge, Py_ssize_t nre, floating *c, Py_ssize_t ldc,
                        Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating *bias, bint relu,
                        Py_ssize_t t0, Py_ssize_t t1) noexcept nogil:
     """Tiles t0:t1 (row strip major) of the small-size path: A and B read in place.
 
     B strip jt starts at b + jt*bstep, rows of stride rsb: op(B) in place (bstep NR, rsb ldb)
     or packed micro-panels (bstep NR*k, rsb NR).
-    The last, partial strips of A and B were packed, zero-padded, into a_edge / b_edge.
+    The last, partial strips of A and B were packed, zero-padded, into a_edge / b_edge, the
+    latter nre = NR or NR/2 wide (then the half-width kernel computes it).
     """
     cdef Py_ssize_t MR, NR, t, it, jt, mr, nr, n_ntiles
     cdef long rsa, csa, rsa_t, csa_t, rsb_t
@@ -281,14 +315,17 @@ cdef void direct_tiles(const floating *a, Py_ssize_t lda, bint trans_a,
         if nr == NR:
             bt, rsb_t = b + jt * bstep, rsb
         else:
-            bt, rsb_t = b_edge, NR
+            bt, rsb_t = b_edge, nre
         if mr == MR and nr == NR:
             ukr_direct(k, at, rsa_t, csa_t, bt, rsb_t, c + it * MR * ldc + jt * NR, ldc, False,
                        bias + jt * NR if bias != NULL else NULL, relu)
         else:                                           # edge: the same masked path
-            ukr_direct(k, at, rsa_t, csa_t, bt, rsb_t, tile, NR, False, NULL, False)
-            store_edge(tile, NR, c + it * MR * ldc + jt * NR, ldc, mr, nr, False,
-                       bias + jt * NR if bias != NULL else NULL, relu)
+            if nr < NR and nre < NR:
+                ukr_narrow(k, at, rsa_t, csa_t, bt, rsb_t, tile, nre)
+            else:
+                ukr_direct(k, at, rsa_t, csa_t, bt, rsb_t, tile, NR, False, NULL, False)
+            store_edge(tile, nre if nr < NR else NR, c + it * MR * ldc + jt * NR, ldc, mr, nr,
+                       False, bias + jt * NR if bias != NULL else NULL, relu)
 
 
 cdef void gemm_direct(const floating *a, Py_ssize_t lda, bint trans_a,
@@ -308,7 +345,7 @@ cdef void gemm_direct(const floating *a, Py_ssize_t lda, bint trans_a,
         MR = MR_F64
         NR = NR_F64
     cdef Py_ssize_t n_mtiles = (m + MR - 1) // MR, n_ntiles = (n + NR - 1) // NR
-    cdef Py_ssize_t n_tiles = n_mtiles * n_ntiles, per, part, rsb, bstep, last_n
+    cdef Py_ssize_t n_tiles = n_mtiles * n_ntiles, per, part, n_parts, rsb, bstep, last_n, nre = NR
     cdef floating *a_edge = NULL
     cdef floating *b_edge = NULL
     cdef floating *b_packed = NULL
@@ -316,33 +353,36 @@ cdef void gemm_direct(const floating *a, Py_ssize_t lda, bint trans_a,
     if m % MR:
         a_edge = <floating *>kernels_alloc(MR * k * sizeof(floating))
         pack(a, lda, trans_a, m - m % MR, m % MR, 0, k, MR, a_edge)
-    last_n = (n_ntiles - 1) * NR
+    last_n = n // NR * NR                              # where the partial strip starts
     if trans_b:
-        # Packed micro-panels, k x NR each, all full but the last: read with rsb = NR.
-        b_packed = <floating *>kernels_alloc(n_ntiles * NR * k * sizeof(floating))
-        pack(b, ldb, False, 0, n, 0, k, NR, b_packed)
-        b_edge = b_packed + last_n * k
+        # Packed micro-panels, k x NR each, for the full strips: read with rsb = NR.
+        b_packed = <floating *>kernels_alloc((last_n + NR) * k * sizeof(floating))
+        pack(b, ldb, False, 0, last_n, 0, k, NR, b_packed)
         bsrc, rsb, bstep = b_packed, NR, NR * k
     else:
         rsb, bstep = ldb, NR
-        if n % NR:
-            b_edge = <floating *>kernels_alloc(NR * k * sizeof(floating))
-            pack(b, ldb, True, last_n, n - last_n, 0, k, NR, b_edge)
+    if n % NR:
+        nre = NR // 2 if n % NR <= NR // 2 else NR
+        b_edge = <floating *>kernels_alloc(nre * k * sizeof(floating))
+        pack(b, ldb, not trans_b, last_n, n - last_n, 0, k, nre, b_edge)
     nthreads = threads_for(2.0 * m * n * k, PAR_MIN_FLOPS, n_tiles)
     if nthreads == 1:
-        direct_tiles(a, lda, trans_a, bsrc, rsb, bstep, a_edge, b_edge, c, ldc, m, n, k, bias,
+        direct_tiles(a, lda, trans_a, bsrc, rsb, bstep, a_edge, b_edge, nre, c, ldc, m, n, k, bias,
                      relu, 0, n_tiles)
     else:
-        per = (n_tiles + nthreads - 1) // nthreads
-        for part in prange(nthreads, num_threads=nthreads, schedule="static"):
-            direct_tiles(a, lda, trans_a, bsrc, rsb, bstep, a_edge, b_edge, c, ldc, m, n, k,
+        # Runs of consecutive tiles (sharing A strips), BLOCKS_PER_THREAD per thread, dynamic.
+        n_parts = nthreads * BLOCKS_PER_THREAD if nthreads * BLOCKS_PER_THREAD < n_tiles else n_tiles
+        per = (n_tiles + n_parts - 1) // n_parts
+        n_parts = (n_tiles + per - 1) // per
+        for part in prange(n_parts, num_threads=nthreads, schedule="dynamic"):
+            direct_tiles(a, lda, trans_a, bsrc, rsb, bstep, a_edge, b_edge, nre, c, ldc, m, n, k,
                          bias, relu, part * per, min((part + 1) * per, n_tiles))
     if a_edge != NULL:
         kernels_free(a_edge)
+    if b_edge != NULL:
+        kernels_free(b_edge)
     if b_packed != NULL:
         kernels_free(b_packed)
-    elif b_edge != NULL:
-        kernels_free(b_edge)
 
 
 cdef void gemm(const floating *a, Py_ssize_t lda, bint trans_a,
@@ -514,18 +554,20 @@ cdef inline double softmax_cross_entropy_row(const floating *z, Py_ssize_t label
     g = (softmax(z) - onehot(label)) / batch. Shifting by the max keeps exp from overflowing.
     """
     cdef Py_ssize_t j
-    cdef floating zmax = z[0], e, scale
+    cdef floating zmax, e, scale
     cdef double total = 0.0
-    for j in range(1, classes):
-        if z[j] > zmax:
-            zmax = z[j]
-    for j in range(classes):
-        if floating is float:
-            e = expf(z[j] - zmax)
-        else:
+    if floating is float:                       # 16 lanes at a time (vecmath.h)
+        zmax = row_max_f32(z, classes)
+        total = exp_minus_max_f32(z, zmax, g, classes)
+    else:
+        zmax = z[0]
+        for j in range(1, classes):
+            if z[j] > zmax:
+                zmax = z[j]
+        for j in range(classes):
             e = exp(z[j] - zmax)
-        g[j] = e
-        total += e
+            g[j] = e
+            total += e
     scale = <floating>(inv_batch / total)
     for j in range(classes):
         g[j] *= scale
@@ -533,21 +575,40 @@ cdef inline double softmax_cross_entropy_row(const floating *z, Py_ssize_t label
     return log(total) - (<double>z[label] - <double>zmax)
 
 
+cdef double softmax_cross_entropy_rows(const floating *z, const int64_t *labels, floating *g,
+                                       Py_ssize_t rows, Py_ssize_t classes,
+                                       double inv_batch) noexcept nogil:
+    """A block of rows; the sum of their losses. Rows narrower than one float32 vector (the
+    MLP's 10 classes) go through vecmath.h's block kernel, which vectorises across rows."""
+    cdef Py_ssize_t i
+    cdef double loss = 0.0
+    if floating is float:
+        if classes < VL_F32:
+            return softmax_xent_small_rows_f32(z, labels, g, rows, classes, inv_batch)
+    for i in range(rows):
+        loss += softmax_cross_entropy_row(z + i * classes, labels[i], g + i * classes, classes,
+                                          inv_batch)
+    return loss
+
+
 cdef double _softmax_cross_entropy(const floating[:, ::1] logits, const int64_t[::1] labels,
                                    floating[:, ::1] grad) noexcept:
     # logits (B, C), labels (B,) int64, grad (B, C); returns the mean loss (accumulated in double)
-    cdef Py_ssize_t batch = logits.shape[0], classes = logits.shape[1], i
+    cdef Py_ssize_t batch = logits.shape[0], classes = logits.shape[1], blk, r0
+    cdef Py_ssize_t n_blocks = (batch + SOFTMAX_BLOCK_ROWS - 1) // SOFTMAX_BLOCK_ROWS
     cdef double inv_batch = 1.0 / batch, loss = 0.0
-    cdef int nt = threads_for(batch * classes, PAR_MIN_ELEMS // 4, batch)
+    cdef int nt = threads_for(batch * classes, PAR_MIN_ELEMS // 4, n_blocks)
     with nogil:
         if nt == 1:
-            for i in range(batch):
-                loss += softmax_cross_entropy_row(&logits[i, 0], labels[i], &grad[i, 0], classes,
-                                                  inv_batch)
+            loss = softmax_cross_entropy_rows(&logits[0, 0], &labels[0], &grad[0, 0], batch,
+                                              classes, inv_batch)
         else:
-            for i in prange(batch, num_threads=nt, schedule="static"):
-                loss += softmax_cross_entropy_row(&logits[i, 0], labels[i], &grad[i, 0], classes,
-                                                  inv_batch)
+            for blk in prange(n_blocks, num_threads=nt, schedule="dynamic"):
+                r0 = blk * SOFTMAX_BLOCK_ROWS
+                loss += softmax_cross_entropy_rows(
+                    &logits[r0, 0], &labels[r0], &grad[r0, 0],
+                    SOFTMAX_BLOCK_ROWS if batch - r0 >= SOFTMAX_BLOCK_ROWS else batch - r0,
+                    classes, inv_batch)
     return loss * inv_batch
 
 

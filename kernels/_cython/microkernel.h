@@ -55,6 +55,8 @@
 #define DIRECT_MAX_B_BYTES (512 * 1024)    /* small-size path while op(B) fits in half of L2 */
 #define PAR_MIN_FLOPS (1L << 19)           /* below ~0.5 MFLOP a matmul runs on one thread */
 #define PAR_MIN_ELEMS (1L << 16)           /* elementwise ops go parallel from 64 Ki elements */
+#define BLOCKS_PER_THREAD 4                /* matmul work items per thread, handed out dynamically */
+#define MIN_BLOCK_ROWS 64                  /* ... but no row block (LOOP 3) under 64 rows */
 
 /* Blocked (ladder step 2): cache blocks of plain loops, no packing, no micro-kernel. */
 #define BLOCKED_NB 256                     /* C / B columns per block: a 1 KiB row of C in L1 */
@@ -81,9 +83,9 @@ static inline void kernels_free(void *p) { free(p); }
  * B(p, j) = b[p * rsb + j] (rows of NR contiguous elements: a packed micro-panel, or a
  * row-major matrix read in place). C has row stride ldc. bias (NR elements) is NULL or
  * added in the epilogue, before the ReLU, while the tile is still in registers. */
-#define UKR(T, V, VI, VL, MR, NR)                                                           \
+#define UKR(NAME, T, V, VI, VL, MR, NR)                                                           \
 static inline __attribute__((always_inline)) void                                         \
-ukr_##T##_strided(long kc, const T *restrict a, long rsa, long csa,                      \
+NAME##_strided(long kc, const T *restrict a, long rsa, long csa,                      \
                   const T *restrict b, long rsb, T *restrict c, long ldc,                 \
                   int accumulate, const T *restrict bias, int relu)                       \
 {                                                                                         \
@@ -112,21 +114,25 @@ ukr_##T##_strided(long kc, const T *restrict a, long rsa, long csa,             
         }                                                                                 \
 }                                                                                         \
 /* A and B packed by fast.pyx's pack(): A micro-panel kc x MR, B micro-panel kc x NR. */  \
-static void ukr_##T##_packed(long kc, const T *restrict a, const T *restrict b,         \
+static __attribute__((unused)) void NAME##_packed(long kc, const T *restrict a, const T *restrict b,         \
                              T *restrict c, long ldc, int accumulate,                     \
                              const T *restrict bias, int relu)                            \
 {                                                                                         \
-    ukr_##T##_strided(kc, a, 1, MR, b, NR, c, ldc, accumulate, bias, relu);               \
+    NAME##_strided(kc, a, 1, MR, b, NR, c, ldc, accumulate, bias, relu);               \
 }                                                                                         \
 /* A and B read in place (the small-size path): any A strides, B rows of stride rsb. */   \
-static void ukr_##T##_direct(long kc, const T *restrict a, long rsa, long csa,           \
+static __attribute__((unused)) void NAME##_direct(long kc, const T *restrict a, long rsa, long csa,           \
                              const T *restrict b, long rsb, T *restrict c, long ldc,      \
                              int accumulate, const T *restrict bias, int relu)            \
 {                                                                                         \
-    ukr_##T##_strided(kc, a, rsa, csa, b, rsb, c, ldc, accumulate, bias, relu);           \
+    NAME##_strided(kc, a, rsa, csa, b, rsb, c, ldc, accumulate, bias, relu);           \
 }
 
-UKR(float, vf32, vi32, 16, MR_F32, NR_F32)
-UKR(double, vf64, vi64, 8, MR_F64, NR_F64)
+UKR(ukr_float, float, vf32, vi32, 16, MR_F32, NR_F32)
+UKR(ukr_double, double, vf64, vi64, 8, MR_F64, NR_F64)
+/* Half-width tiles (MR x NR/2, one vector per row) for a last column strip at most NR/2 wide,
+ * such as the MLP's 10 output classes: 37% of the lanes wasted instead of 69%. */
+UKR(ukr_float_narrow, float, vf32, vi32, 16, MR_F32, NR_F32 / 2)
+UKR(ukr_double_narrow, double, vf64, vi64, 8, MR_F64, NR_F64 / 2)
 
 #endif

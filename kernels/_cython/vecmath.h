@@ -1,0 +1,146 @@
+/* vecmath.h: the numerically careful row helpers of fast.pyx's softmax-cross-entropy, in
+ * 16-lane float32 vectors (GCC vector extensions: zmm registers under -march=native).
+ *
+ * libm's expf is a scalar call (~10 ns) that GCC cannot vectorise without -ffast-math, which
+ * made exp the whole cost of softmax-cross-entropy. exp_minus_max_f32 computes exp(z - max)
+ * 16 lanes at a time with Cephes' expf (range reduction by ln 2, degree-5 polynomial, about
+ * 1 ulp), exact enough for float32 and branch-free. float64 keeps libm's exp (fast.pyx).
+ */
+#ifndef KERNELS_VECMATH_H
+#define KERNELS_VECMATH_H
+
+#include <math.h>
+#include <stdint.h>
+#include "microkernel.h"
+
+#define VL_F32 16
+#define SOFTMAX_BLOCK_ROWS 128   /* rows per block: 2 x 128 x 10 floats = 10 KiB, in L1 */
+
+static inline vf32 vmax_f32(vf32 a, vf32 b)
+{
+    vi32 gt = a > b;
+    return (vf32)(((vi32)a & gt) | ((vi32)b & ~gt));
+}
+
+/* exp(x) for x <= 0, lane by lane (softmax's shifted logits; larger x are not expected). */
+static inline vf32 vexp_nonpositive_f32(vf32 x)
+{
+    const vf32 lo = (vf32){0} - 87.33654f;          /* exp(lo) = FLT_MIN: stays normal */
+    const vf32 round = (vf32){0} + 12582912.0f;     /* 1.5 * 2^23: adding it rounds to integer */
+    vi32 below = x < lo;
+    x = (vf32)(((vi32)lo & below) | ((vi32)x & ~below));
+    vf32 t = x * 1.44269504088896341f + round;      /* n = rint(x / ln 2), in t's low bits */
+    vf32 n = t - round;
+    vf32 r = x - n * 0.693359375f;                  /* r = x - n ln 2, in two steps (Cody-Waite) */
+    r = r - n * -2.12194440e-4f;
+    vf32 p = (vf32){0} + 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;                      /* exp(r), |r| <= ln 2 / 2 */
+    vi32 ni = (vi32)t - (vi32)round;                 /* n as an integer */
+    vi32 scale = (ni + 127) << 23;                  /* 2^n as float bits */
+    return p * (vf32)scale;
+}
+
+/* max_j z[j], for n >= 1. */
+static inline float row_max_f32(const float *z, long n)
+{
+    vf32 m = (vf32){0} + z[0];
+    long j = 0;
+    for (; j + VL_F32 <= n; j += VL_F32)
+        m = vmax_f32(m, *(const vf32 *)(z + j));
+    float best = m[0];
+    for (int l = 1; l < VL_F32; ++l)
+        best = m[l] > best ? m[l] : best;
+    for (; j < n; ++j)
+        best = z[j] > best ? z[j] : best;
+    return best;
+}
+
+/* out[j] = exp(z[j] - zmax) for j < n; returns the sum of them (in double). */
+static inline double exp_minus_max_f32(const float *z, float zmax, float *out, long n)
+{
+    vf32 acc = (vf32){0};
+    long j = 0;
+    for (; j + VL_F32 <= n; j += VL_F32) {
+        vf32 e = vexp_nonpositive_f32(*(const vf32 *)(z + j) - zmax);
+        *(vf32 *)(out + j) = e;
+        acc += e;
+    }
+    double total = 0.0;
+    for (int l = 0; l < VL_F32; ++l)
+        total += acc[l];
+    if (j < n) {                                     /* the tail through a 16-lane buffer */
+        float buf[VL_F32];
+        long rest = n - j;
+        for (long l = 0; l < VL_F32; ++l)
+            buf[l] = l < rest ? z[j + l] - zmax : 0.0f;
+        vf32 e = vexp_nonpositive_f32(*(const vf32 *)buf);
+        for (long l = 0; l < rest; ++l) {
+            out[j + l] = e[l];
+            total += e[l];
+        }
+    }
+    return total;
+}
+
+/* exp in place over a flat array, 16 lanes at a time (every x <= 0). */
+static inline void exp_inplace_f32(float *x, long n)
+{
+    long j = 0;
+    for (; j + VL_F32 <= n; j += VL_F32)
+        *(vf32 *)(x + j) = vexp_nonpositive_f32(*(const vf32 *)(x + j));
+    if (j < n) {
+        float buf[VL_F32];
+        long rest = n - j;
+        for (long l = 0; l < VL_F32; ++l)
+            buf[l] = l < rest ? x[j + l] : 0.0f;
+        vf32 e = vexp_nonpositive_f32(*(const vf32 *)buf);
+        for (long l = 0; l < rest; ++l)
+            x[j + l] = e[l];
+    }
+}
+
+/* Softmax-cross-entropy of a block of rows with few classes (fewer than one vector):
+ * z, g (rows, classes), labels (rows,). Per row the work is too small to fill a vector, so the
+ * block is done in three passes that stay in L1: shift every row by its max into g; exp over
+ * the whole block as one flat array; then per row the sum, the loss and the scaled gradient.
+ * g = (softmax(z) - onehot(label)) * inv_batch. Returns the sum of the rows' losses,
+ * log(sum_j exp(z_j - max)) - (z_label - max). */
+static inline double softmax_xent_small_rows_f32(const float *z, const int64_t *labels,
+                                                 float *g, long rows, long classes,
+                                                 double inv_batch)
+{
+    double loss = 0.0;
+    for (long i = 0; i < rows; ++i) {
+        const float *zi = z + i * classes;
+        float *gi = g + i * classes;
+        float m = zi[0];
+        for (long j = 1; j < classes; ++j)
+            m = zi[j] > m ? zi[j] : m;
+        for (long j = 0; j < classes; ++j)
+            gi[j] = zi[j] - m;
+    }
+    exp_inplace_f32(g, rows * classes);
+    for (long i = 0; i < rows; ++i) {
+        const float *zi = z + i * classes;
+        float *gi = g + i * classes;
+        float total = 0.0f;                      /* <= classes: exact enough in float */
+        float m = zi[0];
+        for (long j = 1; j < classes; ++j)
+            m = zi[j] > m ? zi[j] : m;
+        for (long j = 0; j < classes; ++j)
+            total += gi[j];
+        float scale = (float)(inv_batch / total);
+        for (long j = 0; j < classes; ++j)
+            gi[j] *= scale;
+        gi[labels[i]] -= (float)inv_batch;
+        loss += log((double)total) - ((double)zi[labels[i]] - (double)m);
+    }
+    return loss;
+}
+
+#endif
