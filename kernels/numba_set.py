@@ -1,0 +1,637 @@
+"""The numba set: the ops as hand-optimised Numba kernels, no BLAS anywhere.
+
+Design note
+-----------
+* One file on purpose. Numba's on-disk cache (``cache=True``) keys a function on its own
+  source file only, so a jitted function that calls into another module would keep stale
+  machine code when that module changed. Everything jitted that this set runs lives here;
+  the ladder's bottom rung is borrowed, uncompiled-into-anything, from ``numba_naive``.
+* matmul is BLIS in the shape of bluss's matrixmultiply: five labelled loops around an
+  MR x NR register-blocked micro-kernel, one packing function per operand that absorbs
+  trans_a / trans_b (no transposed copies), edges through one masked path (the micro-kernel
+  always computes a full MR x NR tile into a small buffer; the epilogue writes the valid part).
+* The micro-kernel is an ``@intrinsic`` that emits LLVM IR with explicit vectors: MR x NR/W
+  accumulators (W = 64 bytes / itemsize, one zmm register) held in SSA values across the k
+  loop, one broadcast of A per row and one ``llvm.fma`` per accumulator. Written as plain
+  Python loops the same kernel is fully unrolled by LLVM before its loop vectoriser runs, and
+  Numba leaves the SLP vectoriser off, so the unrolled code stays scalar (5 GFLOP/s measured);
+  the intrinsic runs at the FMA units' peak (113 GFLOP/s per core, float32).
+* The epilogue (bias, ReLU, accumulate-into-C across k blocks) is applied while the tile is
+  in L1, so linear's bias and ReLU cost no second pass over the output.
+* Small problems skip packing: the micro-kernel takes strides, so it reads A and a
+  non-transposed B in place; only an edge micro-panel (which the full-width kernel would read
+  past) is packed, zero padded. Packing pays once an operand is reused many times.
+* Threads split the output into row (or column) ranges, one task per thread, each running the
+  five loops on its own range with its own packing buffers (``prange`` over tasks, the one
+  parallel loop of the matmul). Problems under a few MFLOP run on one thread: the OpenMP
+  fork/join costs more than it saves.
+* Directives: ``@njit(cache=True)`` everywhere; ``fastmath=True`` on the matmul, the
+  elementwise ops and the optimizers (reassociation and contraction are harmless there);
+  softmax-cross-entropy keeps IEEE semantics (``nnan``/``ninf`` would break its +-inf logic)
+  and only allows contraction. ``parallel=True`` only where it pays: the matmul's task loop,
+  softmax over rows and the elementwise ops, each taken only above a size threshold.
+* Kernels receive checked, C-contiguous arrays (kernels/_front.py); no bounds checks. Loss,
+  softmax row sums and bias gradients accumulate in float64.
+"""
+
+import math
+from collections import OrderedDict
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, set_num_threads, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+from . import numba_naive
+
+THREADS_KEY = "numba"
+
+
+def set_threads(n):
+    set_num_threads(n)
+    _threads[0] = n
+
+
+# ---------------------------------------------------------------- matmul: blocking constants
+#
+# This CPU: AMD EPYC (Zen 4), AVX-512 and FMA, 32 zmm registers; L1d 32 KiB and L2 1 MiB per
+# core, L3 32 MiB shared; 2 cores. One 512-bit FMA retires per cycle (two 256-bit pipes), with
+# a latency of 4, so the micro-kernel needs >= 8 independent accumulators; 24 measured best.
+#
+#   MR x NR  register tile: MR = 12 rows x NR = 2 zmm (32 float32 / 16 float64 columns)
+#            = 24 accumulators + 2 registers of B + 1 broadcast of A, within the 32 zmm.
+#            Measured per core, float32: 12x32 111, 6x64 113, 8x32 85, 16x16 77 GFLOP/s.
+#   KC       depth of a k block: a B micro-panel (KC x NR) stays in L1 while loop 1 runs over
+#            every A micro-panel; KC * NR * itemsize = 16 KiB (half of L1, the other half for
+#            the streaming A micro-panel, MR * KC * itemsize = 6 KiB, and C's tile).
+#            float32: 128 * 32 * 4 = 16 KiB; float64: 128 * 16 * 8 = 16 KiB.
+#   MC       rows of the packed A block, which stays in L2: MC * KC * itemsize = 384 KiB of the
+#            1 MiB L2 (room for the B panel's lines passing through).
+#            float32: 768 * 128 * 4 = 384 KiB; float64: 384 * 128 * 8 = 384 KiB. MC % MR == 0.
+#   NC       columns of the packed B panel, which lives in L3: KC * NC * itemsize = 2 MiB of
+#            the 32 MiB L3, per thread. float32: 128 * 4096 * 4; float64: 128 * 2048 * 8.
+
+MR = 12
+BLOCKING = {  # itemsize -> (MR, NR, KC, MC, NC)
+    4: (MR, 32, 128, 768, 4096),
+    8: (MR, 16, 128, 384, 2048),
+}
+# Below this many multiply-adds a matmul runs on one thread (fork/join costs ~5 us).
+PARALLEL_MIN_FMAS = 1 << 19
+# A non-transposed B is read in place (not packed) while it is reused by at most this many
+# micro-panels of A: packing costs a pass over B and pays back only with reuse.
+DIRECT_B_MAX_REUSE = 48
+
+
+def _blocking(c):  # (MR, NR, KC, MC, NC) for c's dtype, as compile-time constants
+    raise NotImplementedError
+
+
+@overload(_blocking)
+def _blocking_impl(c):
+    consts = BLOCKING[c.dtype.bitwidth // 8]
+    return lambda c: consts
+
+
+# ---------------------------------------------------------------- matmul: the micro-kernel
+
+
+@intrinsic
+def _micro_kernel(typingctx, kc, a, a0, a_sp, a_si, b, b0, b_sp, tile):
+    """tile[i * NR + j] = sum_p A(i, p) B(p, j) for the MR x NR tile, i < MR, j < NR, p < kc.
+
+    A(i, p) = a[a0 + p * a_sp + i * a_si] (any strides: packed is a_sp = MR, a_si = 1);
+    B(p, j) = b[b0 + p * b_sp + j] (unit stride in j: packed is b_sp = NR). a, b, tile are 1-D.
+    """
+    sig = types.void(kc, a, a0, a_sp, a_si, b, b0, b_sp, tile)
+    dtype = a.dtype
+    itemsize = dtype.bitwidth // 8
+    mr, nr = BLOCKING[itemsize][0], BLOCKING[itemsize][1]
+
+    def codegen(context, builder, sig, args):
+        kc, a, a0, a_sp, a_si, b, b0, b_sp, tile = args
+        elt = context.get_value_type(dtype)
+        width = 64 // itemsize                      # lanes in one zmm register
+        nv = nr // width                            # zmm registers per tile row
+        vec = ir.VectorType(elt, width)
+        intp = context.get_value_type(types.intp)
+
+        def const(v):
+            return ir.Constant(intp, v)
+
+        a_data = context.make_array(sig.args[1])(context, builder, a).data
+        b_data = context.make_array(sig.args[5])(context, builder, b).data
+        t_data = context.make_array(sig.args[8])(context, builder, tile).data
+        a_base = builder.gep(a_data, [a0])
+        b_base = builder.gep(b_data, [b0])
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec] * 3),
+            f"llvm.fma.v{width}{'f32' if itemsize == 4 else 'f64'}")
+        zero = ir.Constant(vec, None)
+        splat = ir.Constant(ir.VectorType(ir.IntType(32), width), None)
+        # a's row offsets i * a_si, hoisted out of the k loop
+        a_rows = [builder.mul(const(i), a_si) for i in range(mr)]
+
+        entry = builder.basic_block
+        loop = builder.append_basic_block("micro.loop")
+        done = builder.append_basic_block("micro.done")
+        builder.cbranch(builder.icmp_signed(">", kc, const(0)), loop, done)
+
+        # for p in range(kc): acc[i][v] += broadcast(A(i, p)) * B(p, v*W : v*W + W)
+        builder.position_at_end(loop)
+        p = builder.phi(intp)
+        p.add_incoming(const(0), entry)
+        acc = []
+        for _ in range(mr * nv):
+            phi = builder.phi(vec)
+            phi.add_incoming(zero, entry)
+            acc.append(phi)
+        b_row = builder.gep(b_base, [builder.mul(p, b_sp)])
+        b_vecs = [
+            builder.load(builder.bitcast(builder.gep(b_row, [const(v * width)]), vec.as_pointer()),
+                         align=itemsize)
+            for v in range(nv)
+        ]
+        a_col = builder.gep(a_base, [builder.mul(p, a_sp)])
+        new = []
+        for i in range(mr):
+            a_ip = builder.load(builder.gep(a_col, [a_rows[i]]))
+            a_vec = builder.shuffle_vector(
+                builder.insert_element(ir.Constant(vec, ir.Undefined), a_ip, ir.Constant(ir.IntType(32), 0)),
+                ir.Constant(vec, ir.Undefined), splat)
+            for v in range(nv):
+                new.append(builder.call(fma, [a_vec, b_vecs[v], acc[i * nv + v]]))
+        p_next = builder.add(p, const(1))
+        body_end = builder.basic_block
+        p.add_incoming(p_next, body_end)
+        for phi, value in zip(acc, new):
+            phi.add_incoming(value, body_end)
+        builder.cbranch(builder.icmp_signed("<", p_next, kc), loop, done)
+
+        # write the accumulators to the tile buffer (row-major, NR wide)
+        builder.position_at_end(done)
+        final = []
+        for t in range(mr * nv):
+            phi = builder.phi(vec)
+            phi.add_incoming(zero, entry)
+            phi.add_incoming(new[t], body_end)
+            final.append(phi)
+        for i in range(mr):
+            for v in range(nv):
+                ptr = builder.gep(t_data, [const(i * nr + v * width)])
+                builder.store(final[i * nv + v], builder.bitcast(ptr, vec.as_pointer()), align=itemsize)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# ---------------------------------------------------------------- matmul: packing and epilogue
+
+
+@njit(cache=True)
+def _pack_a(a, trans_a, i0, rows, p0, kc, ap):
+    # op(A)[i0 : i0+rows, p0 : p0+kc] -> ap, as ceil(rows / MR) micro-panels of (kc, MR), zero
+    # padded. a is (m, k), or (k, m) when trans_a: the transpose is absorbed here.
+    mr_, _, _, _, _ = _blocking(ap)
+    for ir_ in range(0, rows, mr_):
+        base = ir_ * kc
+        mr = min(mr_, rows - ir_)
+        if trans_a:  # A(i, p) = a[p, i]: contiguous in i
+            for p in range(kc):
+                for i in range(mr):
+                    ap[base + p * mr_ + i] = a[p0 + p, i0 + ir_ + i]
+                for i in range(mr, mr_):
+                    ap[base + p * mr_ + i] = 0
+        else:        # A(i, p) = a[i, p]: contiguous in p
+            for i in range(mr):
+                for p in range(kc):
+                    ap[base + p * mr_ + i] = a[i0 + ir_ + i, p0 + p]
+            for i in range(mr, mr_):
+                for p in range(kc):
+                    ap[base + p * mr_ + i] = 0
+
+
+@njit(cache=True)
+def _pack_b(b, trans_b, p0, kc, j0, cols, bp):
+    # op(B)[p0 : p0+kc, j0 : j0+cols] -> bp, as ceil(cols / NR) micro-panels of (kc, NR), zero
+    # padded. b is (k, n), or (n, k) when trans_b: the transpose is absorbed here.
+    _, nr_, _, _, _ = _blocking(bp)
+    for jr in range(0, cols, nr_):
+        base = jr * kc
+        nr = min(nr_, cols - jr)
+        if trans_b:  # B(p, j) = b[j, p]: contiguous in p
+            for j in range(nr):
+                for p in range(kc):
+                    bp[base + p * nr_ + j] = b[j0 + jr + j, p0 + p]
+            for j in range(nr, nr_):
+                for p in range(kc):
+                    bp[base + p * nr_ + j] = 0
+        else:        # B(p, j) = b[p, j]: contiguous in j
+            for p in range(kc):
+                for j in range(nr):
+                    bp[base + p * nr_ + j] = b[p0 + p, j0 + jr + j]
+                for j in range(nr, nr_):
+                    bp[base + p * nr_ + j] = 0
+
+
+@njit(cache=True, fastmath=True)
+def _store_tile(tile, c, i0, j0, mr, nr, first, last, bias, relu):
+    # The epilogue, while the tile is hot: C[i0:i0+mr, j0:j0+nr] = tile (+ bias on the first k
+    # block when bias is not empty, + C on later ones), then max(., 0) on the last k block when relu. mr <= MR, nr <= NR:
+    # the one masked path every edge goes through.
+    _, nr_, _, _, _ = _blocking(tile)
+    for i in range(mr):
+        for j in range(nr):
+            v = tile[i * nr_ + j]
+            if not first:
+                v += c[i0 + i, j0 + j]
+            elif bias.size > 0:
+                v += bias[j0 + j]
+            if relu and last:
+                v = max(v, 0)
+            c[i0 + i, j0 + j] = v
+
+
+# ---------------------------------------------------------------- matmul: the five loops
+
+
+@njit(cache=True, fastmath=True)
+def _gemm_range(a, b, c, trans_a, trans_b, bias, relu, i_lo, i_hi, j_lo, j_hi, pack):
+    # c[i_lo:i_hi, j_lo:j_hi] = op(a) @ op(b) (+ bias) (then ReLU), on one thread.
+    # a is (m, k) or (k, m) with trans_a; b is (k, n) or (n, k) with trans_b; c is (m, n);
+    # bias is (n,) or empty. pack=False reads A and a non-transposed B in place (small sizes).
+    mr_, nr_, kc_, mc_, nc_ = _blocking(c)
+    m, n = c.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    af = a.reshape(a.size)
+    bf = b.reshape(b.size)
+    direct_b = not pack and not trans_b
+    kc_max = min(kc_, k)
+    ap = np.empty(min(mc_, i_hi - i_lo + mr_) * kc_max, c.dtype)
+    bp = np.empty(min(nc_, j_hi - j_lo + nr_) * kc_max, c.dtype)
+    tile = np.empty(mr_ * nr_, c.dtype)
+    # LOOP 5: split n into nc parts
+    for jc in range(j_lo, j_hi, nc_):
+        nc = min(nc_, j_hi - jc)
+        nc_full = nc - nc % nr_
+        # LOOP 4: split k into kc parts; pack B
+        for pc in range(0, k, kc_):
+            kc = min(kc_, k - pc)
+            first = pc == 0
+            last = pc + kc == k
+            if direct_b:  # only the edge micro-panel, which the kernel would read past
+                _pack_b(b, trans_b, pc, kc, jc + nc_full, nc - nc_full, bp)
+            else:
+                _pack_b(b, trans_b, pc, kc, jc, nc, bp)
+            # LOOP 3: split m into mc parts; pack A
+            for ic in range(i_lo, i_hi, mc_):
+                mc = min(mc_, i_hi - ic)
+                mc_full = mc - mc % mr_
+                if pack:
+                    _pack_a(a, trans_a, ic, mc, pc, kc, ap)
+                else:     # only the edge micro-panel
+                    _pack_a(a, trans_a, ic + mc_full, mc - mc_full, pc, kc, ap)
+                # LOOP 2: micro-panels of B, nr columns each
+                for jr in range(0, nc, nr_):
+                    nr = min(nr_, nc - jr)
+                    if direct_b and nr == nr_:
+                        bsrc, b0, b_sp = bf, pc * n + jc + jr, n
+                    else:
+                        bsrc, b0, b_sp = bp, (0 if direct_b else jr * kc), nr_
+                    # LOOP 1: micro-panels of A, mr rows each
+                    for ir_ in range(0, mc, mr_):
+                        mr = min(mr_, mc - ir_)
+                        if pack or mr < mr_:
+                            asrc, a0, a_sp, a_si = ap, (ir_ * kc if pack else 0), mr_, 1
+                        elif trans_a:
+                            asrc, a0, a_sp, a_si = af, pc * m + ic + ir_, m, 1
+                        else:
+                            asrc, a0, a_sp, a_si = af, (ic + ir_) * k + pc, 1, k
+                        # the MR x NR micro-kernel, then the epilogue on the valid part
+                        _micro_kernel(kc, asrc, a0, a_sp, a_si, bsrc, b0, b_sp, tile)
+                        _store_tile(tile, c, ic + ir_, jc + jr, mr, nr, first, last, bias, relu)
+
+
+@njit(cache=True, parallel=True)
+def _gemm_threads(a, b, c, trans_a, trans_b, bias, relu, tasks, pack):
+    # c = op(a) @ op(b) (+ bias) (ReLU) as `tasks` tasks, one per thread, each on its own rows
+    # of c (or columns, when c is wide): the one parallel loop, over the outermost split.
+    mr_, nr_, _, _, _ = _blocking(c)
+    m, n = c.shape
+    by_rows = m * nr_ >= n * mr_   # split the longer side, counted in micro-tiles
+    size = m if by_rows else n
+    unit = mr_ if by_rows else nr_
+    step = ((size + tasks - 1) // tasks + unit - 1) // unit * unit
+    for t in prange(tasks):
+        lo = min(size, t * step)
+        hi = min(size, lo + step)
+        if lo < hi:
+            if by_rows:
+                _gemm_range(a, b, c, trans_a, trans_b, bias, relu, lo, hi, 0, n, pack)
+            else:
+                _gemm_range(a, b, c, trans_a, trans_b, bias, relu, 0, m, lo, hi, pack)
+
+
+@njit(cache=True)
+def _gemm(a, b, c, trans_a, trans_b, bias, relu, threads):
+    # c = op(a) @ op(b) (+ bias unless empty) (ReLU if relu): the set's one matmul entry point.
+    # Picks packing and the thread count from the problem's size.
+    mr_, _, _, _, _ = _blocking(c)
+    m, n = c.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    pack = trans_b or (m + mr_ - 1) // mr_ > DIRECT_B_MAX_REUSE
+    if threads == 1 or m * n * k < PARALLEL_MIN_FMAS:
+        _gemm_range(a, b, c, trans_a, trans_b, bias, relu, 0, m, 0, n, pack)
+    else:
+        _gemm_threads(a, b, c, trans_a, trans_b, bias, relu, threads, pack)
+
+
+# The thread count set_threads last applied (Numba's get_num_threads, called from jitted code,
+# would make every caller uncacheable: it reaches the runtime through a ctypes pointer).
+_threads = [1]
+# The empty bias, per dtype: a matmul without one
+_NO_BIAS = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
+
+
+def matmul(a, b, out, trans_a, trans_b):
+    # a (m, k) or (k, m) with trans_a; b (k, n) or (n, k) with trans_b; out (m, n)
+    _gemm(a, b, out, trans_a, trans_b, _NO_BIAS[out.dtype], False, _threads[0])
+
+
+# ---------------------------------------------------------------- matmul: the ladder
+
+
+@njit(cache=True, fastmath=True)
+def _matmul_blocked(a, b, out, trans_a, trans_b):
+    # Rung 2: the loops blocked for the caches (NC, KC, MC of the packed version), i-p-j order
+    # so that the inner loop runs along rows of B and C and vectorises; no packing, no register
+    # tile (C's row is loaded and stored for every p).
+    _, _, kc_, mc_, nc_ = _blocking(out)
+    m, n = out.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    out[:] = 0
+    for jc in range(0, n, nc_):
+        j_hi = min(n, jc + nc_)
+        for pc in range(0, k, kc_):
+            p_hi = min(k, pc + kc_)
+            for ic in range(0, m, mc_):
+                for i in range(ic, min(m, ic + mc_)):
+                    for p in range(pc, p_hi):
+                        a_ip = a[p, i] if trans_a else a[i, p]
+                        if trans_b:
+                            for j in range(jc, j_hi):
+                                out[i, j] += a_ip * b[j, p]
+                        else:
+                            for j in range(jc, j_hi):
+                                out[i, j] += a_ip * b[p, j]
+
+
+def _matmul_packed(a, b, out, trans_a, trans_b):
+    # Rung 3: both operands packed, the register-blocked micro-kernel, one thread
+    m, n = out.shape
+    _gemm_range(a, b, out, trans_a, trans_b, _NO_BIAS[out.dtype], False, 0, m, 0, n, True)
+
+
+def _matmul_threaded(a, b, out, trans_a, trans_b):
+    # Rung 4: rung 3 on every thread, each on its own rows (or columns) of out
+    _gemm_threads(a, b, out, trans_a, trans_b, _NO_BIAS[out.dtype], False, _threads[0], True)
+
+
+# The matmul at each optimisation step, for the benchmarks: {step: callable(a, b, out, trans_a,
+# trans_b)}, each complete and correct. "tuned" is the set's matmul: rung 4 plus the small-size
+# path (operands read in place, no packing) and the one-thread cut-off for small problems.
+MATMUL_LADDER = OrderedDict([
+    ("naive", numba_naive.matmul),
+    ("blocked", _matmul_blocked),
+    ("packed", _matmul_packed),
+    ("threaded", _matmul_threaded),
+    ("tuned", matmul),
+])
+
+
+# ---------------------------------------------------------------- relu
+
+# Elementwise ops are memory-bound: a second thread only pays once the arrays outgrow what
+# one core streams in the time a fork/join costs.
+PARALLEL_MIN_ELEMENTS = 1 << 17
+
+
+@njit(cache=True, fastmath=True)
+def _relu_serial(x, out):
+    # x, out are (size,)
+    for i in range(x.shape[0]):
+        out[i] = max(x[i], 0)
+
+
+@njit(cache=True, fastmath=True, parallel=True)
+def _relu_parallel(x, out):
+    # x, out are (size,)
+    for i in prange(x.shape[0]):
+        out[i] = max(x[i], 0)
+
+
+@njit(cache=True)
+def relu(x, out):
+    # x, out: one shape, any ndim (flattened: both are C-contiguous)
+    xf, of = x.reshape(x.size), out.reshape(out.size)
+    if x.size >= PARALLEL_MIN_ELEMENTS:
+        _relu_parallel(xf, of)
+    else:
+        _relu_serial(xf, of)
+
+
+@njit(cache=True, fastmath=True)
+def _relu_backward_serial(grad_y, y, out):
+    # grad_y, y, out are (size,): out = grad_y * (y > 0)
+    for i in range(y.shape[0]):
+        out[i] = grad_y[i] if y[i] > 0 else 0
+
+
+@njit(cache=True, fastmath=True, parallel=True)
+def _relu_backward_parallel(grad_y, y, out):
+    # grad_y, y, out are (size,): out = grad_y * (y > 0)
+    for i in prange(y.shape[0]):
+        out[i] = grad_y[i] if y[i] > 0 else 0
+
+
+@njit(cache=True)
+def relu_backward(grad_y, y, out):
+    # grad_y, y, out: one shape, any ndim
+    gf, yf, of = grad_y.reshape(grad_y.size), y.reshape(y.size), out.reshape(out.size)
+    if y.size >= PARALLEL_MIN_ELEMENTS:
+        _relu_backward_parallel(gf, yf, of)
+    else:
+        _relu_backward_serial(gf, yf, of)
+
+
+# ---------------------------------------------------------------- softmax cross-entropy
+
+# Rows (of 10 classes) are cheap: threads pay only for large batches.
+PARALLEL_MIN_ROWS = 4096
+
+
+@njit(cache=True, inline="always", fastmath={"contract"})
+def _softmax_ce_row(logits, labels, grad, i, inv_batch):
+    # One row, while it is in L1: max, exp and its sum (into grad), the loss term, the scaled
+    # grad. loss_i = log(sum_j exp(z_ij - max)) - (z_i,label - max); returns it in float64.
+    classes = logits.shape[1]
+    mx = logits[i, 0]
+    for j in range(1, classes):
+        mx = max(mx, logits[i, j])
+    s = 0.0
+    for j in range(classes):
+        e = math.exp(logits[i, j] - mx)    # shifted by the max: cannot overflow
+        grad[i, j] = e
+        s += e
+    label = labels[i]
+    scale = inv_batch / s
+    for j in range(classes):
+        grad[i, j] *= scale                # softmax / B
+    grad[i, label] -= inv_batch            # - onehot / B
+    return math.log(s) - (logits[i, label] - mx)
+
+
+@njit(cache=True, parallel=True)
+def _softmax_ce_parallel(logits, labels, grad):
+    # logits (B, C), labels (B,) int64, grad (B, C); one row per iteration
+    batch = logits.shape[0]
+    inv_batch = 1.0 / batch
+    total = 0.0
+    for i in prange(batch):
+        total += _softmax_ce_row(logits, labels, grad, i, inv_batch)
+    return total * inv_batch
+
+
+@njit(cache=True)
+def softmax_cross_entropy(logits, labels, grad):
+    # logits (B, C), labels (B,) int64, grad (B, C); returns the mean loss (float64)
+    batch = logits.shape[0]
+    if batch >= PARALLEL_MIN_ROWS:
+        return _softmax_ce_parallel(logits, labels, grad)
+    inv_batch = 1.0 / batch
+    total = 0.0
+    for i in range(batch):
+        total += _softmax_ce_row(logits, labels, grad, i, inv_batch)
+    return total * inv_batch
+
+
+# ---------------------------------------------------------------- linear and its backward
+
+
+def linear(x, w, b, out, relu):
+    # x (B, in), w (in, out), b (out,), out (B, out): out = x @ w + b (then max(., 0) if relu),
+    # bias and ReLU applied in the matmul's epilogue while each tile is in L1
+    _gemm(x, w, out, False, False, b, relu, _threads[0])
+
+
+@njit(cache=True, fastmath=True)
+def _bias_grad(grad_y, y, grad_b, relu):
+    # grad_y, y (B, out), grad_b (out,). Returns g = grad_y * (y > 0) if relu (else grad_y
+    # itself) and writes grad_b = sum over rows of g, in one pass over grad_y.
+    batch, n_out = grad_y.shape
+    sums = np.zeros(n_out, np.float64)
+    g = np.empty_like(grad_y) if relu else grad_y
+    for i in range(batch):
+        if relu:
+            for j in range(n_out):
+                v = grad_y[i, j] if y[i, j] > 0 else 0
+                g[i, j] = v
+                sums[j] += v
+        else:
+            for j in range(n_out):
+                sums[j] += grad_y[i, j]
+    for j in range(n_out):
+        grad_b[j] = sums[j]
+    return g
+
+
+def linear_backward(x, w, y, grad_y, grad_x, grad_w, grad_b, relu):
+    # x (B, in), w (in, out), y and grad_y (B, out); grad_x (B, in), grad_w (in, out), grad_b (out,)
+    g = _bias_grad(grad_y, y, grad_b, relu)            # gradient at the pre-activation, and db
+    no_bias, threads = _NO_BIAS[g.dtype], _threads[0]
+    # y = x @ w + b  ->  grad_w = x^T g    (the transpose absorbed by packing A)
+    _gemm(x, g, grad_w, True, False, no_bias, False, threads)
+    #                   grad_x = g w^T    (the transpose absorbed by packing B)
+    if grad_x is not None:
+        _gemm(g, w, grad_x, False, True, no_bias, False, threads)
+
+
+# ---------------------------------------------------------------- optimizers
+
+
+@njit(cache=True, fastmath=True)
+def _sgd_serial(p, g, v, lr, momentum, weight_decay, use_velocity):
+    # p, g, v are (size,). torch.optim.SGD: g' = g + wd * p; v = momentum * v + g'; p -= lr * v
+    for i in range(p.shape[0]):
+        d = g[i] + weight_decay * p[i]
+        if use_velocity:
+            d = momentum * v[i] + d
+            v[i] = d
+        p[i] -= lr * d
+
+
+@njit(cache=True, fastmath=True, parallel=True)
+def _sgd_parallel(p, g, v, lr, momentum, weight_decay, use_velocity):
+    # p, g, v are (size,); as _sgd_serial
+    for i in prange(p.shape[0]):
+        d = g[i] + weight_decay * p[i]
+        if use_velocity:
+            d = momentum * v[i] + d
+            v[i] = d
+        p[i] -= lr * d
+
+
+@njit(cache=True)
+def _sgd_step(param, grad, velocity, lr, momentum, weight_decay, use_velocity):
+    # param, grad, velocity: one shape, any ndim (velocity is param when unused)
+    p, g, v = param.reshape(param.size), grad.reshape(grad.size), velocity.reshape(velocity.size)
+    if p.size >= PARALLEL_MIN_ELEMENTS:
+        _sgd_parallel(p, g, v, lr, momentum, weight_decay, use_velocity)
+    else:
+        _sgd_serial(p, g, v, lr, momentum, weight_decay, use_velocity)
+
+
+def sgd_step(param, grad, velocity, lr, momentum, weight_decay):
+    if velocity is None:
+        _sgd_step(param, grad, param, lr, momentum, weight_decay, False)
+    else:
+        _sgd_step(param, grad, velocity, lr, momentum, weight_decay, True)
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _adam_one(p, g, m, v, i, step_size, bias2_sqrt, beta1, beta2, eps, weight_decay):
+    # torch.optim.Adam on element i: g' = g + wd p; m = b1 m + (1 - b1) g'; v = b2 v + (1 - b2) g'^2;
+    # p -= step_size * m / (sqrt(v) / sqrt(1 - b2^t) + eps), step_size = lr / (1 - b1^t)
+    d = g[i] + weight_decay * p[i]
+    mi = beta1 * m[i] + (1.0 - beta1) * d
+    vi = beta2 * v[i] + (1.0 - beta2) * (d * d)
+    m[i] = mi
+    v[i] = vi
+    p[i] -= step_size * (mi / (math.sqrt(vi) / bias2_sqrt + eps))
+
+
+@njit(cache=True, fastmath=True)
+def _adam_serial(p, g, m, v, step_size, bias2_sqrt, beta1, beta2, eps, weight_decay):
+    # p, g, m, v are (size,): one fused pass
+    for i in range(p.shape[0]):
+        _adam_one(p, g, m, v, i, step_size, bias2_sqrt, beta1, beta2, eps, weight_decay)
+
+
+@njit(cache=True, fastmath=True, parallel=True)
+def _adam_parallel(p, g, m, v, step_size, bias2_sqrt, beta1, beta2, eps, weight_decay):
+    # p, g, m, v are (size,): one fused pass, split over threads
+    for i in prange(p.shape[0]):
+        _adam_one(p, g, m, v, i, step_size, bias2_sqrt, beta1, beta2, eps, weight_decay)
+
+
+@njit(cache=True)
+def adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay):
+    # param, grad, m, v: one shape, any ndim; in place on param, m and v
+    step_size = lr / (1.0 - beta1**step)
+    bias2_sqrt = math.sqrt(1.0 - beta2**step)
+    pf, gf, mf, vf = param.reshape(param.size), grad.reshape(grad.size), m.reshape(m.size), v.reshape(v.size)
+    if pf.size >= PARALLEL_MIN_ELEMENTS:
+        _adam_parallel(pf, gf, mf, vf, step_size, bias2_sqrt, beta1, beta2, eps, weight_decay)
+    else:
+        _adam_serial(pf, gf, mf, vf, step_size, bias2_sqrt, beta1, beta2, eps, weight_decay)
