@@ -187,9 +187,11 @@ def measure(benchmark, threads, peak, case, set_name, dtype):
         else:
             benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1)
         stats = getattr(benchmark, "stats", None)
-        if stats is not None:  # None under --benchmark-disable
-            info["median_s"] = stats.stats.median
-            info.update(rates(case, dtype, stats.stats.median, peak, device))
+        if stats is None:  # None under --benchmark-disable
+            return None
+        info["median_s"] = stats.stats.median
+        info.update(rates(case, dtype, stats.stats.median, peak, device))
+        return stats.stats.median
 
     return run
 
