@@ -30,12 +30,14 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from . import checkpoint as ckpt
 from .data import load_dataset
 from .errors import TrainingDiverged, UsageError
+from .model import init_params
 
 REFERENCE = "torch-autograd"
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -54,7 +56,7 @@ class Config:
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
     hidden: tuple[int, ...] = (128, 64)
-    epochs: int = 10
+    epochs: int = 15
     batch_size: int = 64
     optimizer: str = "adam"
     lr: float | None = None                 # None: DEFAULT_LR[optimizer]
@@ -247,6 +249,32 @@ def _say(cfg, msg, bar=None):
         print(msg, flush=True)
 
 
+def setup(cfg: Config) -> SimpleNamespace:
+    """Everything a run needs before its first step, for train() and for benchmarks:
+
+        run = setup(Config(kernels="numba", threads=2, batch_size=64))
+        order = run.rng.permutation(len(run.train_idx))     # epoch 1's order, as train() draws it
+        run.engine.epoch(order)                             # iterator: one loss per step
+        run.engine.step(run.engine.batches.order(order[:64]))   # one step (KernelEngine)
+
+    Fields: cfg (checked), ks (None for torch-autograd), data, sizes, params0 (NumPy initial
+    weights), rng (after the weights and the split were drawn), train_idx, val_idx, batch
+    (the batch size in use), engine.
+    """
+    cfg.check()
+    ks = kernel_set(cfg)            # before the data: a wrong set or device fails at once
+    data = load_dataset(cfg.dataset, cfg.data_dir, allow_download=cfg.download,
+                        log=(lambda m: None) if cfg.quiet else print)
+    sizes = [data.features, *cfg.hidden, len(data.classes)]
+    rng = np.random.default_rng(cfg.seed)
+    params0 = init_params(sizes, cfg.init, rng)            # first draws: the weights
+    train_idx, val_idx = split_data(data, cfg, rng)        # then the validation split
+    engine = make_engine(cfg, ks, data, sizes, params0, train_idx, val_idx)
+    return SimpleNamespace(cfg=cfg, ks=ks, data=data, sizes=sizes, params0=params0, rng=rng,
+                           train_idx=train_idx, val_idx=val_idx, batch=min(cfg.batch_size, len(train_idx)),
+                           engine=engine)
+
+
 def train(cfg: Config) -> dict:
     """Run one training; returns the metrics (also written to <out>/metrics.json).
 
@@ -264,19 +292,15 @@ def train(cfg: Config) -> dict:
             setattr(cfg, name, tuple(value) if name == "hidden" else value)
         if cfg.out is None:
             cfg.out = str(Path(cfg.resume).parent)
-    cfg.check()
-    ks = kernel_set(cfg)            # before the data: a wrong set or device fails at once
-
-    data = load_dataset(cfg.dataset, cfg.data_dir, allow_download=cfg.download,
-                        log=(lambda m: None) if cfg.quiet else print)
-    sizes = [data.features, *cfg.hidden, len(data.classes)]
-    rng = np.random.default_rng(cfg.seed)
-    from .model import init_params
-
-    params0 = init_params(sizes, cfg.init, rng)
-    train_idx, val_idx = split_data(data, cfg, rng)
-    engine = make_engine(cfg, ks, data, sizes, params0, train_idx, val_idx)
-    batch = min(cfg.batch_size, len(train_idx))
+        if cfg.data_dir is None:
+            cfg.data_dir = saved.get("data_dir")
+        done = resumed["meta"]["epoch"]
+        if done >= cfg.epochs:
+            raise UsageError(f"checkpoint {cfg.resume} is already at epoch {done}; "
+                             f"ask for more with --epochs (at least {done + 1})")
+    run = setup(cfg)
+    engine, data, rng, sizes, params0 = run.engine, run.data, run.rng, run.sizes, run.params0
+    train_idx, val_idx, batch = run.train_idx, run.val_idx, run.batch
 
     out = Path(cfg.out) if cfg.out else _new_run_dir(cfg.kernels)
     out.mkdir(parents=True, exist_ok=True)
@@ -550,6 +574,8 @@ def main(argv=None) -> int:
             saved = ckpt.load(cfg.resume)           # first: a missing checkpoint is the news
             if "kernels" not in given:
                 cfg.kernels = saved["meta"].get("kernels", cfg.kernels)
+            if "epochs" not in given:
+                cfg.epochs = saved["meta"]["config"]["epochs"]
             clash = sorted(given & set(TRAINING_FIELDS))
             if clash:
                 raise UsageError(

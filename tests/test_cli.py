@@ -116,3 +116,38 @@ def test_diverging_run_stops_with_a_message(small_mnist, tmp_path):
 
 def test_compare_rejects_an_unknown_set(tmp_path):
     assert_one_line_error(run(["--sets", "numpy,nope"], tmp_path, module="nn.compare"), "nope", status=2)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(small_mnist, tmp_path):
+    """A real SIGINT: the run finishes its step, writes a checkpoint, says how to resume, exits 130."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    args = ["--dataset", "mnist", "--data-dir", str(small_mnist), "--epochs", "500", "--batch-size", "8",
+            "--no-eval-train", "--quiet", "--threads", "1", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "nn.train", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "metrics.json").exists():                # written after the first epoch
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted: checkpoint saved to" in stderr
+    from nn import checkpoint as ckpt
+
+    at = ckpt.load(out / "checkpoint.npz")["meta"]["epoch"]
+    assert at >= 1
+    resumed = run(["--resume", str(out / "checkpoint.npz"), "--epochs", str(at + 1), "--quiet"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "test accuracy" in resumed.stdout
+    # asking for no more epochs than the checkpoint has done is a usage error, not a crash
+    done = run(["--resume", str(out / "checkpoint.npz"), "--epochs", "1"], tmp_path)
+    assert_one_line_error(done, "already at epoch", status=2)
