@@ -259,7 +259,7 @@ cdef void gemm_packed(const floating *a, Py_ssize_t lda, bint trans_a,
             first = pc == 0
             last = pc + kc == k
             if nt > 1:
-                for jp in prange(n_bpanels, num_threads=nt, schedule="static"):
+                for jp in prange(n_bpanels, num_threads=nt, schedule="dynamic"):
                     pack(b, ldb, not trans_b, jc + jp * NR, NR if nc - jp * NR >= NR else nc - jp * NR,
                          pc, kc, NR, bp + jp * NR * kc)
             else:
