@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 
@@ -26,6 +27,7 @@ def curves(history: list[dict], path, title: str = "") -> Path:
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
@@ -63,6 +65,7 @@ def comparison(rows: list[dict], path, title: str = "") -> Path:
         epochs = [h["epoch"] for h in r["epochs"]]
         ax_curve.plot(epochs, [100 * h["test_accuracy"] for h in r["epochs"]], "-o", label=r["kernels"])
     ax_curve.set(xlabel="epoch", ylabel="test accuracy (%)", title="accuracy")
+    ax_curve.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_curve.grid(alpha=0.3)
     ax_curve.legend(fontsize=8)
     fig.suptitle(title)
