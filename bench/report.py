@@ -302,7 +302,7 @@ def charts(res: Results, peak, out_dir: Path):
     # roofline
     if peak:
         fig, ax = plt.subplots(figsize=(8, 5.5))
-        ai = [2 ** e for e in range(-5, 10)]
+        ai = [10 ** (e / 20) for e in range(-40, 61)]  # 0.01 .. 1000 FLOP/byte
         ax.plot(ai, [min(peak["sgemm_gflops"], peak["copy_gbps"] * x) for x in ai], "k-", lw=2,
                 label=f"measured: {peak['sgemm_gflops']:.0f} GFLOP/s, {peak['copy_gbps']:.0f} GB/s (DRAM copy)")
         if peak.get("copy_l3_gbps"):
@@ -385,6 +385,13 @@ def machine_section(peak, res: Results):
         ("measured", f"peak {peak.get('measured_at')}; benchmarks {res.datetime or '–'}"),
     ]
     lines.append(table(["", ""], rows))
+    over = [r for r in res.records if r.get("device") == "cpu" and (rate_of(r, peak)[1] or 0) > 1.05]
+    if over:
+        top = max(over, key=lambda r: rate_of(r, peak)[1])
+        lines += ["", f"Note: {len(over)} result(s) exceed the measured peak (up to {fmt_pct(rate_of(top, peak)[1])}, "
+                  f"`{top['set']}` in *{top['group']}*). For memory-bound ops that means the arrays stayed in cache "
+                  "(the peak is a DRAM copy); for compute-bound ones that the machine was busier while the peak was "
+                  "measured than during that benchmark: take fractions of peak as approximate."]
     unavailable = {k: r for k, r in res.meta.get("available", {}).items() if r}
     if unavailable:
         lines += ["", "Not measured in this run:", ""] + [f"- `{k}`: {r}" for k, r in unavailable.items()]
@@ -505,6 +512,8 @@ def train_section(res: Results, tta):
                 rows.append(row)
             lines += [f"Samples per second, {what}:", "", table(["set"] + [f"batch {b}" for b in C.BATCHES], rows), ""]
     if tta:
+        if tta.get("note"):
+            lines += [f"*{tta['note']}.*", ""]
         rows = []
         for name, r in tta.get("runs", {}).items():
             rows.append([f"`{name}`", fmt_time(r.get("seconds")) if r.get("reached") else "not reached",
