@@ -205,3 +205,43 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(small_mnist, tmp_path
     kept = ckpt.load(tmp_path / "checkpoint.npz")
     assert kept["meta"]["epoch"] == 1 and all(np.isfinite(v).all() for v in kept["params"].values())
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "diverged"
+
+
+# ---------------------------------------------------------------------------- the step itself
+
+
+@pytest.mark.parametrize("name", ["numpy", "torch"])
+def test_steady_state_steps_reuse_their_buffers(name):
+    require(name)
+    from nn.model import init_params
+
+    rng = np.random.default_rng(0)
+    sizes = [20, 16, 8, 4]
+    x = rng.random((100, 20), dtype=np.float32)
+    y = rng.integers(0, 4, 100)
+    engine = KernelEngine(kernels.get(name, threads=1), sizes, init_params(sizes, "he", rng), train=(x, y),
+                          batch_size=32)
+    params = [id(p) for p in engine.model.params]
+    list(engine.epoch(rng.permutation(100)))                  # sizes 32, 32, 32, 4: two buffer sets
+    buffers = {b: [id(a) for a in (buf.x, buf.y, *buf.acts, *buf.grad_acts)] for b, buf in engine.model._buffers.items()}
+    losses = list(engine.epoch(rng.permutation(100)))
+    assert sorted(engine.model._buffers) == [4, 32]
+    for b, buf in engine.model._buffers.items():
+        assert [id(a) for a in (buf.x, buf.y, *buf.acts, *buf.grad_acts)] == buffers[b]
+    assert [id(p) for p in engine.model.params] == params, "parameters are updated in place"
+    assert len(losses) == 4 and all(np.isfinite(losses))
+
+
+@pytest.mark.parametrize("name", ["numpy", REFERENCE])
+def test_csv_dataset_end_to_end(name, tmp_path):
+    images = gzip.decompress((MNIST / "t10k-images-idx3-ubyte.gz").read_bytes())[16:]
+    labels = gzip.decompress((MNIST / "t10k-labels-idx1-ubyte.gz").read_bytes())[8:]
+    pixels = np.frombuffer(images, np.uint8).reshape(-1, 784)
+    rows = [",".join(map(str, [labels[i], *pixels[i]])) for i in range(350)]
+    header = "label," + ",".join(f"pixel{i}" for i in range(784))
+    (tmp_path / "digits_train.csv").write_text("\n".join([header, *rows[:300]]) + "\n")
+    (tmp_path / "digits_test.csv").write_text("\n".join([header, *rows[300:]]) + "\n")
+    m = train(config(tmp_path, tmp_path / "out", kernels=name, dataset=f"csv:{tmp_path / 'digits_train.csv'}",
+                     limit=None, epochs=2))
+    assert m["status"] == "finished" and m["data"]["train"] == 300 and m["data"]["test"] == 50
+    assert m["test_accuracy"] > 0.5
