@@ -233,9 +233,10 @@ cdef void gemm_packed(const floating *a, Py_ssize_t lda, bint trans_a,
     cdef Py_ssize_t jc, jc_i, nc, pc, pc_i, kc, ib, ic, mc, jp, n_bpanels, n_blocks
     cdef bint first, last
     cdef int nt, tid
-    cdef floating *bp = <floating *>kernels_alloc(KC * (NC + NR) * sizeof(floating))
-    cdef floating *ap_all = <floating *>kernels_alloc(nthreads * KC * (MC + MR) * sizeof(floating))
+    cdef floating *bp
+    cdef floating *ap_all
     cdef floating *ap
+    cdef Py_ssize_t kcap, ncap, mcap
     # Row blocks: MC rows each, but at least BLOCKS_PER_THREAD per thread when m allows, handed
     # out dynamically: on a shared 2-core box one thread is often slowed down, and a static
     # split would leave the other waiting at the barrier.
@@ -249,6 +250,12 @@ cdef void gemm_packed(const floating *a, Py_ssize_t lda, bint trans_a,
             mcb = MIN_BLOCK_ROWS
     n_blocks = (m + mcb - 1) // mcb
     nt = nthreads if nthreads < n_blocks else <int>n_blocks
+    # Packing buffers sized to this product (a small one must not pay for KC x NC).
+    kcap = KC if k > KC else k
+    ncap = ((NC if n > NC else n) + NR - 1) // NR * NR
+    mcap = ((mcb if m > mcb else m) + MR - 1) // MR * MR
+    bp = <floating *>kernels_alloc(kcap * ncap * sizeof(floating))
+    ap_all = <floating *>kernels_alloc(nt * kcap * mcap * sizeof(floating))
     for jc_i in range((n + NC - 1) // NC):                          # LOOP 5: split n into NC parts
         jc = jc_i * NC
         nc = NC if n - jc >= NC else n - jc
@@ -268,7 +275,7 @@ cdef void gemm_packed(const floating *a, Py_ssize_t lda, bint trans_a,
                 ic = ib * mcb                           # LOOP 3: split m into MC parts; pack A
                 mc = mcb if m - ic >= mcb else m - ic
                 tid = threadid()
-                ap = ap_all + tid * KC * (MC + MR)
+                ap = ap_all + tid * kcap * mcap
                 pack(a, lda, trans_a, ic, mc, pc, kc, MR, ap)
                 macro_kernel(ap, bp, c + ic * ldc + jc, ldc, mc, nc, kc, not first,
                              bias + jc if (last and bias != NULL) else NULL, last and relu)
