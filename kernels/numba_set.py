@@ -193,64 +193,80 @@ def _micro_kernel(typingctx, kc, a, a0, a_sp, a_si, b, b0, b_sp, tile):
 def _pack_a(a, trans_a, i0, rows, p0, kc, ap):
     # op(A)[i0 : i0+rows, p0 : p0+kc] -> ap, as ceil(rows / MR) micro-panels of (kc, MR), zero
     # padded. a is (m, k), or (k, m) when trans_a: the transpose is absorbed here.
+    # Every access goes through a C-contiguous row view indexed from 0, so Numba's negative-index
+    # fix-ups fold away and the copies vectorise (a[i0 + r, p] directly left them scalar, and a
+    # 2-D slice has runtime strides).
     mr_, _, _, _, _ = _blocking(ap)
     for ir_ in range(0, rows, mr_):
-        base = ir_ * kc
         mr = min(mr_, rows - ir_)
-        if trans_a:  # A(i, p) = a[p, i]: contiguous in i
+        panel = ap[ir_ * kc:(ir_ + mr_) * kc]
+        if trans_a:     # A(i, p) = a[p, i]: contiguous along i
             for p in range(kc):
-                for i in range(mr):
-                    ap[base + p * mr_ + i] = a[p0 + p, i0 + ir_ + i]
-                for i in range(mr, mr_):
-                    ap[base + p * mr_ + i] = 0
-        else:        # A(i, p) = a[i, p]: contiguous in p
-            for i in range(mr):
+                src = a[p0 + p, i0 + ir_:i0 + ir_ + mr]
+                for r in range(mr):
+                    panel[p * mr_ + r] = src[r]
+                for r in range(mr, mr_):
+                    panel[p * mr_ + r] = 0
+        else:           # A(i, p) = a[i, p]: contiguous along p, written with stride MR
+            for r in range(mr):
+                src = a[i0 + ir_ + r, p0:p0 + kc]
                 for p in range(kc):
-                    ap[base + p * mr_ + i] = a[i0 + ir_ + i, p0 + p]
-            for i in range(mr, mr_):
+                    panel[p * mr_ + r] = src[p]
+            for r in range(mr, mr_):
                 for p in range(kc):
-                    ap[base + p * mr_ + i] = 0
+                    panel[p * mr_ + r] = 0
 
 
 @njit(cache=True)
 def _pack_b(b, trans_b, p0, kc, j0, cols, bp):
     # op(B)[p0 : p0+kc, j0 : j0+cols] -> bp, as ceil(cols / NR) micro-panels of (kc, NR), zero
-    # padded. b is (k, n), or (n, k) when trans_b: the transpose is absorbed here.
+    # padded. b is (k, n), or (n, k) when trans_b: the transpose is absorbed here, as in _pack_a.
     _, nr_, _, _, _ = _blocking(bp)
     for jr in range(0, cols, nr_):
-        base = jr * kc
         nr = min(nr_, cols - jr)
-        if trans_b:  # B(p, j) = b[j, p]: contiguous in p
-            for j in range(nr):
+        panel = bp[jr * kc:(jr + nr_) * kc]
+        if trans_b:     # B(p, j) = b[j, p]: contiguous along p, written with stride NR
+            for r in range(nr):
+                src = b[j0 + jr + r, p0:p0 + kc]
                 for p in range(kc):
-                    bp[base + p * nr_ + j] = b[j0 + jr + j, p0 + p]
-            for j in range(nr, nr_):
+                    panel[p * nr_ + r] = src[p]
+            for r in range(nr, nr_):
                 for p in range(kc):
-                    bp[base + p * nr_ + j] = 0
-        else:        # B(p, j) = b[p, j]: contiguous in j
+                    panel[p * nr_ + r] = 0
+        else:           # B(p, j) = b[p, j]: contiguous along j
             for p in range(kc):
-                for j in range(nr):
-                    bp[base + p * nr_ + j] = b[p0 + p, j0 + jr + j]
-                for j in range(nr, nr_):
-                    bp[base + p * nr_ + j] = 0
+                src = b[p0 + p, j0 + jr:j0 + jr + nr]
+                for r in range(nr):
+                    panel[p * nr_ + r] = src[r]
+                for r in range(nr, nr_):
+                    panel[p * nr_ + r] = 0
 
 
 @njit(cache=True, fastmath=True)
 def _store_tile(tile, c, i0, j0, mr, nr, first, last, bias, relu):
     # The epilogue, while the tile is hot: C[i0:i0+mr, j0:j0+nr] = tile (+ bias on the first k
-    # block when bias is not empty, + C on later ones), then max(., 0) on the last k block when relu. mr <= MR, nr <= NR:
-    # the one masked path every edge goes through.
+    # block when bias is not empty, + C on later ones), then max(., 0) on the last k block when
+    # relu. mr <= MR, nr <= NR: the one masked path every edge goes through. Views indexed from
+    # 0 (see _pack_a) and one loop per case keep each row a few vector instructions.
     _, nr_, _, _, _ = _blocking(tile)
+    add_bias = first and bias.size > 0
+    b = bias[j0:j0 + nr] if add_bias else bias
+    clamp = relu and last
     for i in range(mr):
-        for j in range(nr):
-            v = tile[i * nr_ + j]
-            if not first:
-                v += c[i0 + i, j0 + j]
-            elif bias.size > 0:
-                v += bias[j0 + j]
-            if relu and last:
-                v = max(v, 0)
-            c[i0 + i, j0 + j] = v
+        t = tile[i * nr_:i * nr_ + nr]
+        row = c[i0 + i, j0:j0 + nr]
+        if not first:
+            for j in range(nr):
+                row[j] += t[j]
+        elif add_bias:
+            for j in range(nr):
+                row[j] = t[j] + b[j]
+        else:
+            for j in range(nr):
+                row[j] = t[j]
+        if clamp:
+            for j in range(nr):
+                row[j] = max(row[j], 0)
 
 
 # ---------------------------------------------------------------- matmul: the five loops
@@ -302,14 +318,14 @@ def _gemm_range(a, b, c, trans_a, trans_b, bias, relu, i_lo, i_hi, j_lo, j_hi, p
                     # LOOP 1: micro-panels of A, mr rows each
                     for ir_ in range(0, mc, mr_):
                         mr = min(mr_, mc - ir_)
+                        # the MR x NR micro-kernel (one call site per layout of A, so that
+                        # LLVM sees the packed strides as constants), then the epilogue
                         if pack or mr < mr_:
-                            asrc, a0, a_sp, a_si = ap, (ir_ * kc if pack else 0), mr_, 1
+                            _micro_kernel(kc, ap, ir_ * kc if pack else 0, mr_, 1, bsrc, b0, b_sp, tile)
                         elif trans_a:
-                            asrc, a0, a_sp, a_si = af, pc * m + ic + ir_, m, 1
+                            _micro_kernel(kc, af, pc * m + ic + ir_, m, 1, bsrc, b0, b_sp, tile)
                         else:
-                            asrc, a0, a_sp, a_si = af, (ic + ir_) * k + pc, 1, k
-                        # the MR x NR micro-kernel, then the epilogue on the valid part
-                        _micro_kernel(kc, asrc, a0, a_sp, a_si, bsrc, b0, b_sp, tile)
+                            _micro_kernel(kc, af, (ic + ir_) * k + pc, 1, k, bsrc, b0, b_sp, tile)
                         _store_tile(tile, c, ic + ir_, jc + jr, mr, nr, first, last, bias, relu)
 
 
