@@ -171,7 +171,7 @@ def measure(benchmark, threads, peak, case, set_name, dtype):
     info.update(op=case.op, case=case.id, shape=case.label, set=set_name, dtype=np.dtype(dtype).name,
                 device=device, threads=threads, flops=case.flops, bytes=case.bytes(dtype), **case.params)
 
-    def run(fn, rounds=None):
+    def run(fn, rounds=None, warm=None):
         if device == "cuda":
             import torch
 
@@ -181,11 +181,11 @@ def measure(benchmark, threads, peak, case, set_name, dtype):
                 inner()
                 torch.cuda.synchronize()
 
-        fn()  # warm: compile, allocate, page in; not timed
+        (warm or fn)()  # warm: compile, allocate, page in; not timed
         if rounds is None:
             benchmark(fn)
         else:
-            benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1)
+            benchmark.pedantic(fn, rounds=rounds, warmup_rounds=0)  # warmed above
         stats = getattr(benchmark, "stats", None)
         if stats is None:  # None under --benchmark-disable
             return None
