@@ -69,6 +69,19 @@ cdef extern from "microkernel.h" nogil:
     void ukr_double_narrow_direct(long kc, const double *a, long rsa, long csa, const double *b,
                                   long rsb, double *c, long ldc, int accumulate,
                                   const double *bias, int relu)
+    # rows < MR (the small-size path's last row strip)
+    void ukr_float_r4_direct(long kc, const float *a, long rsa, long csa, const float *b, long rsb,
+                            float *c, long ldc, int accumulate, const float *bias, int relu)
+    void ukr_float_r2_direct(long kc, const float *a, long rsa, long csa, const float *b, long rsb,
+                            float *c, long ldc, int accumulate, const float *bias, int relu)
+    void ukr_float_r1_direct(long kc, const float *a, long rsa, long csa, const float *b, long rsb,
+                            float *c, long ldc, int accumulate, const float *bias, int relu)
+    void ukr_double_r4_direct(long kc, const double *a, long rsa, long csa, const double *b, long rsb,
+                            double *c, long ldc, int accumulate, const double *bias, int relu)
+    void ukr_double_r2_direct(long kc, const double *a, long rsa, long csa, const double *b, long rsb,
+                            double *c, long ldc, int accumulate, const double *bias, int relu)
+    void ukr_double_r1_direct(long kc, const double *a, long rsa, long csa, const double *b, long rsb,
+                            double *c, long ldc, int accumulate, const double *bias, int relu)
 
 cdef extern from "vecmath.h" nogil:
     enum:
@@ -135,6 +148,26 @@ cdef inline void ukr_narrow(long kc, const floating *a, long rsa, long csa, cons
         ukr_float_narrow_direct(kc, a, rsa, csa, b, rsb, c, ldc, False, NULL, False)
     else:
         ukr_double_narrow_direct(kc, a, rsa, csa, b, rsb, c, ldc, False, NULL, False)
+
+
+cdef inline void ukr_rows(int rows, long kc, const floating *a, long rsa, long csa,
+                          const floating *b, long rsb, floating *c, long ldc,
+                          const floating *bias, bint relu) noexcept nogil:
+    """The 4-, 2- or 1-row x NR kernel, for the rows left under MR (A read in place)."""
+    if floating is float:
+        if rows == 4:
+            ukr_float_r4_direct(kc, a, rsa, csa, b, rsb, c, ldc, False, bias, relu)
+        elif rows == 2:
+            ukr_float_r2_direct(kc, a, rsa, csa, b, rsb, c, ldc, False, bias, relu)
+        else:
+            ukr_float_r1_direct(kc, a, rsa, csa, b, rsb, c, ldc, False, bias, relu)
+    else:
+        if rows == 4:
+            ukr_double_r4_direct(kc, a, rsa, csa, b, rsb, c, ldc, False, bias, relu)
+        elif rows == 2:
+            ukr_double_r2_direct(kc, a, rsa, csa, b, rsb, c, ldc, False, bias, relu)
+        else:
+            ukr_double_r1_direct(kc, a, rsa, csa, b, rsb, c, ldc, False, bias, relu)
 
 
 cdef void pack(const floating *x, Py_ssize_t ldx, bint trans, Py_ssize_t r0, Py_ssize_t nrows,
@@ -285,21 +318,24 @@ cdef void gemm_packed(const floating *a, Py_ssize_t lda, bint trans_a,
 
 cdef void direct_tiles(const floating *a, Py_ssize_t lda, bint trans_a,
                        const floating *b, Py_ssize_t rsb, Py_ssize_t bstep,
-                       const floating *a_edge,
                        const floating *b_edge, Py_ssize_t nre, floating *c, Py_ssize_t ldc,
                        Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating *bias, bint relu,
                        Py_ssize_t t0, Py_ssize_t t1) noexcept nogil:
     """Tiles t0:t1 (row strip major) of the small-size path: A and B read in place.
 
     B strip jt starts at b + jt*bstep, rows of stride rsb: op(B) in place (bstep NR, rsb ldb)
-    or packed micro-panels (bstep NR*k, rsb NR).
-    The last, partial strips of A and B were packed, zero-padded, into a_edge / b_edge, the
-    latter nre = NR or NR/2 wide (then the half-width kernel computes it).
+    or packed micro-panels (bstep NR*k, rsb NR). The last, partial column strip was packed,
+    zero-padded, into b_edge, nre = NR or NR/2 wide (then the half-width kernel computes it).
+    The rows left under MR in the last row strip run the 4-, 2- and 1-row kernels on A in
+    place. Column edges take the masked path: a full tile into a buffer, the valid part out.
     """
-    cdef Py_ssize_t MR, NR, t, it, jt, mr, nr, n_ntiles
-    cdef long rsa, csa, rsa_t, csa_t, rsb_t
+    cdef Py_ssize_t MR, NR, t, it, jt, mr, nr, n_ntiles, r0
+    cdef long rsa, csa, rsb_t
+    cdef int rows
     cdef const floating *at
     cdef const floating *bt
+    cdef const floating *bias_t
+    cdef floating *ct
     cdef floating tile[TILE_MAX]
     if floating is float:
         MR = MR_F32
@@ -315,31 +351,42 @@ cdef void direct_tiles(const floating *a, Py_ssize_t lda, bint trans_a,
         jt = t - it * n_ntiles
         mr = MR if m - it * MR >= MR else m - it * MR
         nr = NR if n - jt * NR >= NR else n - jt * NR
-        if mr == MR:
-            at, rsa_t, csa_t = a + it * MR * rsa, rsa, csa
-        else:
-            at, rsa_t, csa_t = a_edge, 1, MR
+        at = a + it * MR * rsa
+        ct = c + it * MR * ldc + jt * NR
+        bias_t = bias + jt * NR if bias != NULL else NULL
         if nr == NR:
             bt, rsb_t = b + jt * bstep, rsb
         else:
             bt, rsb_t = b_edge, nre
-        if mr == MR and nr == NR:
-            ukr_direct(k, at, rsa_t, csa_t, bt, rsb_t, c + it * MR * ldc + jt * NR, ldc, False,
-                       bias + jt * NR if bias != NULL else NULL, relu)
-        else:                                           # edge: the same masked path
-            if nr < NR and nre < NR:
-                ukr_narrow(k, at, rsa_t, csa_t, bt, rsb_t, tile, nre)
-            else:
-                ukr_direct(k, at, rsa_t, csa_t, bt, rsb_t, tile, NR, False, NULL, False)
-            store_edge(tile, nre if nr < NR else NR, c + it * MR * ldc + jt * NR, ldc, mr, nr,
-                       False, bias + jt * NR if bias != NULL else NULL, relu)
+        if mr == MR:
+            if nr == NR:                                # full tile: straight into C
+                ukr_direct(k, at, rsa, csa, bt, rsb_t, ct, ldc, False, bias_t, relu)
+            else:                                       # column edge: the masked path
+                if nre < NR:
+                    ukr_narrow(k, at, rsa, csa, bt, rsb_t, tile, nre)
+                else:
+                    ukr_direct(k, at, rsa, csa, bt, rsb_t, tile, NR, False, NULL, False)
+                store_edge(tile, nre if nre < NR else NR, ct, ldc, mr, nr, False, bias_t, relu)
+        else:                                           # last rows: mr = 4a + 2b + c
+            r0 = 0
+            rows = 4
+            while rows >= 1:
+                if mr & rows:
+                    if nr == NR:
+                        ukr_rows(rows, k, at + r0 * rsa, rsa, csa, bt, rsb_t, ct + r0 * ldc, ldc,
+                                 bias_t, relu)
+                    else:                               # (b_edge is padded for this NR-wide read)
+                        ukr_rows(rows, k, at + r0 * rsa, rsa, csa, bt, rsb_t, tile, NR, NULL, False)
+                        store_edge(tile, NR, ct + r0 * ldc, ldc, rows, nr, False, bias_t, relu)
+                    r0 += rows
+                rows = rows // 2
 
 
 cdef void gemm_direct(const floating *a, Py_ssize_t lda, bint trans_a,
                       const floating *b, Py_ssize_t ldb, bint trans_b,
                       floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                       const floating *bias, bint relu, int nthreads) noexcept nogil:
-    """The small-size path: no blocking, no packing of A; the micro-kernel over whole k.
+    """The small-size path: no blocking, no packing of A; the micro-kernels over whole k.
 
     op(B) is read in place when it is row-major (trans_b False); a transposed B is packed once
     (k x n, the size of the weights at most). Threads split the list of tiles.
@@ -353,13 +400,9 @@ cdef void gemm_direct(const floating *a, Py_ssize_t lda, bint trans_a,
         NR = NR_F64
     cdef Py_ssize_t n_mtiles = (m + MR - 1) // MR, n_ntiles = (n + NR - 1) // NR
     cdef Py_ssize_t n_tiles = n_mtiles * n_ntiles, per, part, n_parts, rsb, bstep, last_n, nre = NR
-    cdef floating *a_edge = NULL
     cdef floating *b_edge = NULL
     cdef floating *b_packed = NULL
     cdef const floating *bsrc = b
-    if m % MR:
-        a_edge = <floating *>kernels_alloc(MR * k * sizeof(floating))
-        pack(a, lda, trans_a, m - m % MR, m % MR, 0, k, MR, a_edge)
     last_n = n // NR * NR                              # where the partial strip starts
     if trans_b:
         # Packed micro-panels, k x NR each, for the full strips: read with rsb = NR.
@@ -370,11 +413,12 @@ cdef void gemm_direct(const floating *a, Py_ssize_t lda, bint trans_a,
         rsb, bstep = ldb, NR
     if n % NR:
         nre = NR // 2 if n % NR <= NR // 2 else NR
-        b_edge = <floating *>kernels_alloc(nre * k * sizeof(floating))
+        # + NR: the row kernels read NR columns from rows nre wide (the extra ones discarded)
+        b_edge = <floating *>kernels_alloc((nre * k + NR) * sizeof(floating))
         pack(b, ldb, not trans_b, last_n, n - last_n, 0, k, nre, b_edge)
     nthreads = threads_for(2.0 * m * n * k, PAR_MIN_FLOPS, n_tiles)
     if nthreads == 1:
-        direct_tiles(a, lda, trans_a, bsrc, rsb, bstep, a_edge, b_edge, nre, c, ldc, m, n, k, bias,
+        direct_tiles(a, lda, trans_a, bsrc, rsb, bstep, b_edge, nre, c, ldc, m, n, k, bias,
                      relu, 0, n_tiles)
     else:
         # Runs of consecutive tiles (sharing A strips), BLOCKS_PER_THREAD per thread, dynamic.
@@ -382,10 +426,8 @@ cdef void gemm_direct(const floating *a, Py_ssize_t lda, bint trans_a,
         per = (n_tiles + n_parts - 1) // n_parts
         n_parts = (n_tiles + per - 1) // per
         for part in prange(n_parts, num_threads=nthreads, schedule="dynamic"):
-            direct_tiles(a, lda, trans_a, bsrc, rsb, bstep, a_edge, b_edge, nre, c, ldc, m, n, k,
+            direct_tiles(a, lda, trans_a, bsrc, rsb, bstep, b_edge, nre, c, ldc, m, n, k,
                          bias, relu, part * per, min((part + 1) * per, n_tiles))
-    if a_edge != NULL:
-        kernels_free(a_edge)
     if b_edge != NULL:
         kernels_free(b_edge)
     if b_packed != NULL:

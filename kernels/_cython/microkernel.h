@@ -87,30 +87,49 @@ static inline void kernels_free(void *p) { free(p); }
  * with A(i, p) = a[i * rsa + p * csa] (any strides: packed, row-major or transposed) and
  * B(p, j) = b[p * rsb + j] (rows of NR contiguous elements: a packed micro-panel, or a
  * row-major matrix read in place). C has row stride ldc. bias (NR elements) is NULL or
- * added in the epilogue, before the ReLU, while the tile is still in registers. */
-#define UKR(NAME, T, V, VI, VL, MR, NR)                                                           \
+ * added in the epilogue, before the ReLU, while the tile is still in registers.
+ * KU > 1 splits k into KU interleaved sums, for tiles too small (1 or 2 rows) to keep enough
+ * independent FMAs in flight to cover their 4-cycle latency otherwise. */
+#define UKR(NAME, T, V, VI, VL, MR, NR, KU)                                                 \
 static inline __attribute__((always_inline)) void                                         \
-NAME##_strided(long kc, const T *restrict a, long rsa, long csa,                      \
-                  const T *restrict b, long rsb, T *restrict c, long ldc,                 \
-                  int accumulate, const T *restrict bias, int relu)                       \
+NAME##_strided(long kc, const T *restrict a, long rsa, long csa,                          \
+               const T *restrict b, long rsb, T *restrict c, long ldc,                    \
+               int accumulate, const T *restrict bias, int relu)                          \
 {                                                                                         \
-    V acc[MR][NR / VL];                                                                   \
-    for (int i = 0; i < MR; ++i)                                                          \
-        for (int v = 0; v < NR / VL; ++v)                                                 \
-            acc[i][v] = (V){0};                                                           \
-    for (long p = 0; p < kc; ++p) {                                                       \
+    V acc[KU][MR][NR / VL];                                                               \
+    for (int u = 0; u < KU; ++u)                                                          \
+        for (int i = 0; i < MR; ++i)                                                      \
+            for (int v = 0; v < NR / VL; ++v)                                             \
+                acc[u][i][v] = (V){0};                                                    \
+    long p = 0;                                                                           \
+    for (; p + KU <= kc; p += KU)                                                         \
+        for (int u = 0; u < KU; ++u) {                                                    \
+            V brow[NR / VL];                                                              \
+            for (int v = 0; v < NR / VL; ++v)                                             \
+                brow[v] = *(const V *)(b + (p + u) * rsb + v * VL);                       \
+            for (int i = 0; i < MR; ++i) {                                                \
+                T aip = a[i * rsa + (p + u) * csa];                                       \
+                for (int v = 0; v < NR / VL; ++v)                                         \
+                    acc[u][i][v] += aip * brow[v];                                        \
+            }                                                                             \
+        }                                                                                 \
+    for (; p < kc; ++p) {                                                                 \
         V brow[NR / VL];                                                                  \
         for (int v = 0; v < NR / VL; ++v)                                                 \
             brow[v] = *(const V *)(b + p * rsb + v * VL);                                 \
         for (int i = 0; i < MR; ++i) {                                                    \
             T aip = a[i * rsa + p * csa];                                                 \
             for (int v = 0; v < NR / VL; ++v)                                             \
-                acc[i][v] += aip * brow[v];                                               \
+                acc[0][i][v] += aip * brow[v];                                            \
         }                                                                                 \
     }                                                                                     \
+    for (int u = 1; u < KU; ++u)                                                          \
+        for (int i = 0; i < MR; ++i)                                                      \
+            for (int v = 0; v < NR / VL; ++v)                                             \
+                acc[0][i][v] += acc[u][i][v];                                             \
     for (int i = 0; i < MR; ++i)                                                          \
         for (int v = 0; v < NR / VL; ++v) {                                               \
-            V r = acc[i][v];                                                              \
+            V r = acc[0][i][v];                                                              \
             V *cp = (V *)(c + i * ldc + v * VL);                                          \
             if (accumulate) r += *cp;                                                     \
             if (bias) r += *(const V *)(bias + v * VL);                                   \
@@ -133,11 +152,20 @@ static __attribute__((unused)) void NAME##_direct(long kc, const T *restrict a, 
     NAME##_strided(kc, a, rsa, csa, b, rsb, c, ldc, accumulate, bias, relu);           \
 }
 
-UKR(ukr_float, float, vf32, vi32, 16, MR_F32, NR_F32)
-UKR(ukr_double, double, vf64, vi64, 8, MR_F64, NR_F64)
+UKR(ukr_float, float, vf32, vi32, 16, MR_F32, NR_F32, 1)
+UKR(ukr_double, double, vf64, vi64, 8, MR_F64, NR_F64, 1)
 /* Half-width tiles (MR x NR/2, one vector per row) for a last column strip at most NR/2 wide,
  * such as the MLP's 10 output classes: 37% of the lanes wasted instead of 69%. */
-UKR(ukr_float_narrow, float, vf32, vi32, 16, MR_F32, NR_F32 / 2)
-UKR(ukr_double_narrow, double, vf64, vi64, 8, MR_F64, NR_F64 / 2)
+UKR(ukr_float_narrow, float, vf32, vi32, 16, MR_F32, NR_F32 / 2, 1)
+UKR(ukr_double_narrow, double, vf64, vi64, 8, MR_F64, NR_F64 / 2, 1)
+/* 4-, 2- and 1-row tiles for the last rows of the small-size path (mr < MR: the batch of 1 a
+ * trainer sees at inference, or 7 = 4 + 2 + 1 left over): padding those rows to MR would do
+ * MR / mr times the work, and a batch of one would run eight times the FMAs it needs. */
+UKR(ukr_float_r4, float, vf32, vi32, 16, 4, NR_F32, 1)
+UKR(ukr_float_r2, float, vf32, vi32, 16, 2, NR_F32, 2)
+UKR(ukr_float_r1, float, vf32, vi32, 16, 1, NR_F32, 4)
+UKR(ukr_double_r4, double, vf64, vi64, 8, 4, NR_F64, 1)
+UKR(ukr_double_r2, double, vf64, vi64, 8, 2, NR_F64, 2)
+UKR(ukr_double_r1, double, vf64, vi64, 8, 1, NR_F64, 4)
 
 #endif
