@@ -10,21 +10,27 @@ Design note (after scikit-learn's ``_loss.pyx``; the matmul after bluss's matrix
   so they run with bounds checks, wraparound and initialisation checks off and C division
   (setup.py's directives).
 * One ``ctypedef fused floating`` covers float32 and float64. The def functions pick the
-  specialisation from the array's item size by hand: a fused def function's runtime dispatch
-  costs microseconds, and the trainer calls these ops thousands of times per epoch.
+  specialisation from the array's item size by hand, which skips a fused def function's
+  signature matching on every call (the trainer calls these ops thousands of times per
+  epoch, at batch sizes where a call is a few microseconds).
 * matmul is BLIS: the five loops around a micro-kernel, written out and labelled in
   ``gemm_packed``; one ``pack`` function absorbs trans_a / trans_b (no transposed copies);
-  edges go through one masked path (``tile``: a full tile into a small buffer, then the valid
-  part out). The MR x NR micro-kernel and every blocking constant live in microkernel.h, next
-  to the cache arithmetic behind them. Small products (the MLP's shapes) take
-  ``gemm_direct``, the same micro-kernel reading A and B in place, because there packing
-  costs more than it saves.
+  edges go through one masked path (``store_edge``: a full tile into a small buffer, then
+  the valid part out). The MR x NR micro-kernel and every blocking constant live in
+  microkernel.h, next to the cache arithmetic behind them. Small products (all of the MLP's
+  shapes) take ``gemm_direct``: the same micro-kernel reading A and B in place over the
+  whole of k, because there packing costs more than it saves; its last rows run 4/2/1-row
+  kernels rather than padding a batch of 1 to MR rows.
 * linear and linear_backward reuse that matmul: bias and ReLU run in the micro-kernel's
   epilogue while the C tile is in registers; the backward fuses the ReLU mask with the
   bias gradient in one pass and gets x^T g and g w^T from the packing, with no transposes.
+* softmax-cross-entropy: numerically careful row helpers in vecmath.h (max-shifted exp in
+  16-lane vectors; libm's scalar expf cannot be vectorised without -ffast-math), the loss
+  accumulated in double.
 * Threads: ``set_threads(n)`` stores n here; every parallel loop is a ``prange`` with
-  ``num_threads`` set from it, one parallel loop per loop nest (matmul: over row blocks or
-  tiles; elementwise ops: over chunks, only when large enough to pay for waking threads).
+  ``num_threads`` set from it, one parallel loop per loop nest (matmul: over row blocks of
+  LOOP 3 or runs of tiles, handed out dynamically; elementwise ops: over equal chunks), and
+  only when the work pays for waking threads (PAR_MIN_FLOPS, PAR_MIN_ELEMS).
 """
 
 from cython.parallel cimport prange, threadid
