@@ -1,9 +1,9 @@
 """End to end: training-step and epoch throughput of every set and of the PyTorch reference.
 
 * ``test_train_step``: one SGD step (gather, forward, loss, backward, update) at batch 1, 32,
-  128 and 512. For the kernel sets it is ``KernelEngine.step``; for ``torch-reference`` the
-  same step written the PyTorch way (zero_grad, model(x), F.cross_entropy, backward,
-  opt.step(), loss.item()) on a batch already on the device.
+  128 and 512. For the kernel sets it is ``KernelEngine.step``; for ``torch-reference``
+  ``TorchEngine.train_step`` (zero_grad, model(x), F.cross_entropy, backward, opt.step()),
+  then loss.item(), on a batch already on the device.
 * ``test_epoch``: one epoch of SGD over the 60,000 training images, as the trainer runs it
   (``engine.epoch``: the kernel sets gather each batch with one fancy-index; the reference
   reads it through its DataLoader). At batch 1 an epoch is 60,000 steps, so a fixed
@@ -58,20 +58,14 @@ def test_train_step(set_name, case, dtype, threads, benchmark, measure):
     perm = np.random.default_rng(1).permutation(len(dataset().y_train))[:batch]
     if set_name.startswith(REFERENCE):
         import torch
-        import torch.nn.functional as F
 
         data = dataset()
         xb = torch.from_numpy(data.x_train[perm]).to(engine.device)
         yb = torch.from_numpy(data.y_train[perm]).to(engine.device)
-        model, opt = engine.model, engine.opt
-        model.train()
+        engine.model.train()
 
-        def step():
-            opt.zero_grad()
-            loss = F.cross_entropy(model(xb), yb)
-            loss.backward()
-            opt.step()
-            return loss.item()
+        def step():  # the trainer's own step, with .item() as the kernel engines' float(loss)
+            return engine.train_step(xb, yb).item()
     else:
         idx = engine.batches.order(perm)
 
