@@ -29,10 +29,14 @@ def compile_flags():
 def extensions():
     cflags, lflags = compile_flags()
     sources = sorted(glob(os.path.join("kernels", "_cython", "*.pyx")))
+    # The C headers the .pyx files include (micro-kernels, vector math): a change to one
+    # rebuilds the extensions, and sdists ship them.
+    headers = sorted(glob(os.path.join("kernels", "_cython", "*.h")))
     exts = [
         Extension(
             "kernels._cython." + os.path.splitext(os.path.basename(src))[0],
             [src],
+            depends=headers,
             extra_compile_args=cflags,
             extra_link_args=lflags,
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
