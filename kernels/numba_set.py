@@ -97,8 +97,18 @@ def _blocking_impl(c):
 # ---------------------------------------------------------------- matmul: the micro-kernel
 
 
-@intrinsic
-def _micro_kernel(typingctx, kc, a, a0, a_sp, a_si, b, b0, b_sp, tile):
+def _make_micro_kernel(half):
+    """The micro-kernel as an intrinsic; half=True computes only the tile's first NR/2 columns
+    (one zmm register per row), for the narrow edge panels (n % NR <= NR/2, or n = 10)."""
+
+    @intrinsic
+    def micro_kernel(typingctx, kc, a, a0, a_sp, a_si, b, b0, b_sp, tile):
+        return _micro_kernel_codegen(half, kc, a, a0, a_sp, a_si, b, b0, b_sp, tile)
+
+    return micro_kernel
+
+
+def _micro_kernel_codegen(half, kc, a, a0, a_sp, a_si, b, b0, b_sp, tile):
     """tile[i * NR + j] = sum_p A(i, p) B(p, j) for the MR x NR tile, i < MR, j < NR, p < kc.
 
     A(i, p) = a[a0 + p * a_sp + i * a_si] (any strides: packed is a_sp = MR, a_si = 1);
@@ -113,7 +123,7 @@ def _micro_kernel(typingctx, kc, a, a0, a_sp, a_si, b, b0, b_sp, tile):
         kc, a, a0, a_sp, a_si, b, b0, b_sp, tile = args
         elt = context.get_value_type(dtype)
         width = 64 // itemsize                      # lanes in one zmm register
-        nv = nr // width                            # zmm registers per tile row
+        nv = 1 if half else nr // width             # zmm registers per tile row
         vec = ir.VectorType(elt, width)
         intp = context.get_value_type(types.intp)
 
@@ -186,35 +196,47 @@ def _micro_kernel(typingctx, kc, a, a0, a_sp, a_si, b, b0, b_sp, tile):
     return sig, codegen
 
 
+_micro_kernel = _make_micro_kernel(half=False)
+_micro_kernel_half = _make_micro_kernel(half=True)
+
+
 # ---------------------------------------------------------------- matmul: packing and epilogue
+
+
+# Indices in the packing and epilogue loops are cast to unsigned (U): Numba then drops its
+# negative-index fix-up (a compare and add per access that blocked vectorisation), and indexing
+# flat arrays needs no per-row views (a view costs two reference-count updates, which made
+# packing 1.3 ns per element; flat, it streams).
+U = np.uintp
 
 
 @njit(cache=True)
 def _pack_a(a, trans_a, i0, rows, p0, kc, ap):
     # op(A)[i0 : i0+rows, p0 : p0+kc] -> ap, as ceil(rows / MR) micro-panels of (kc, MR), zero
     # padded. a is (m, k), or (k, m) when trans_a: the transpose is absorbed here.
-    # Every access goes through a C-contiguous row view indexed from 0, so Numba's negative-index
-    # fix-ups fold away and the copies vectorise (a[i0 + r, p] directly left them scalar, and a
-    # 2-D slice has runtime strides).
     mr_, _, _, _, _ = _blocking(ap)
+    af = a.reshape(a.size)
+    lda = a.shape[1]
     for ir_ in range(0, rows, mr_):
         mr = min(mr_, rows - ir_)
-        panel = ap[ir_ * kc:(ir_ + mr_) * kc]
+        panel = ir_ * kc
         if trans_a:     # A(i, p) = a[p, i]: contiguous along i
             for p in range(kc):
-                src = a[p0 + p, i0 + ir_:i0 + ir_ + mr]
+                src = (p0 + p) * lda + i0 + ir_
+                dst = panel + p * mr_
                 for r in range(mr):
-                    panel[p * mr_ + r] = src[r]
+                    ap[U(dst + r)] = af[U(src + r)]
                 for r in range(mr, mr_):
-                    panel[p * mr_ + r] = 0
+                    ap[U(dst + r)] = 0
         else:           # A(i, p) = a[i, p]: contiguous along p, written with stride MR
-            for r in range(mr):
-                src = a[i0 + ir_ + r, p0:p0 + kc]
-                for p in range(kc):
-                    panel[p * mr_ + r] = src[p]
-            for r in range(mr, mr_):
-                for p in range(kc):
-                    panel[p * mr_ + r] = 0
+            for r in range(mr_):
+                src = (i0 + ir_ + r) * lda + p0
+                if r < mr:
+                    for p in range(kc):
+                        ap[U(panel + p * mr_ + r)] = af[U(src + p)]
+                else:
+                    for p in range(kc):
+                        ap[U(panel + p * mr_ + r)] = 0
 
 
 @njit(cache=True)
@@ -222,51 +244,55 @@ def _pack_b(b, trans_b, p0, kc, j0, cols, bp):
     # op(B)[p0 : p0+kc, j0 : j0+cols] -> bp, as ceil(cols / NR) micro-panels of (kc, NR), zero
     # padded. b is (k, n), or (n, k) when trans_b: the transpose is absorbed here, as in _pack_a.
     _, nr_, _, _, _ = _blocking(bp)
+    bf = b.reshape(b.size)
+    ldb = b.shape[1]
     for jr in range(0, cols, nr_):
         nr = min(nr_, cols - jr)
-        panel = bp[jr * kc:(jr + nr_) * kc]
+        panel = jr * kc
         if trans_b:     # B(p, j) = b[j, p]: contiguous along p, written with stride NR
-            for r in range(nr):
-                src = b[j0 + jr + r, p0:p0 + kc]
-                for p in range(kc):
-                    panel[p * nr_ + r] = src[p]
-            for r in range(nr, nr_):
-                for p in range(kc):
-                    panel[p * nr_ + r] = 0
+            for r in range(nr_):
+                src = (j0 + jr + r) * ldb + p0
+                if r < nr:
+                    for p in range(kc):
+                        bp[U(panel + p * nr_ + r)] = bf[U(src + p)]
+                else:
+                    for p in range(kc):
+                        bp[U(panel + p * nr_ + r)] = 0
         else:           # B(p, j) = b[p, j]: contiguous along j
             for p in range(kc):
-                src = b[p0 + p, j0 + jr:j0 + jr + nr]
+                src = (p0 + p) * ldb + j0 + jr
+                dst = panel + p * nr_
                 for r in range(nr):
-                    panel[p * nr_ + r] = src[r]
+                    bp[U(dst + r)] = bf[U(src + r)]
                 for r in range(nr, nr_):
-                    panel[p * nr_ + r] = 0
+                    bp[U(dst + r)] = 0
 
 
 @njit(cache=True, fastmath=True)
 def _store_tile(tile, c, i0, j0, mr, nr, first, last, bias, relu):
     # The epilogue, while the tile is hot: C[i0:i0+mr, j0:j0+nr] = tile (+ bias on the first k
     # block when bias is not empty, + C on later ones), then max(., 0) on the last k block when
-    # relu. mr <= MR, nr <= NR: the one masked path every edge goes through. Views indexed from
-    # 0 (see _pack_a) and one loop per case keep each row a few vector instructions.
+    # relu. mr <= MR, nr <= NR: the one masked path every edge goes through.
     _, nr_, _, _, _ = _blocking(tile)
+    cf = c.reshape(c.size)
+    ldc = c.shape[1]
     add_bias = first and bias.size > 0
-    b = bias[j0:j0 + nr] if add_bias else bias
     clamp = relu and last
     for i in range(mr):
-        t = tile[i * nr_:i * nr_ + nr]
-        row = c[i0 + i, j0:j0 + nr]
+        t = i * nr_
+        row = (i0 + i) * ldc + j0
         if not first:
             for j in range(nr):
-                row[j] += t[j]
+                cf[U(row + j)] += tile[U(t + j)]
         elif add_bias:
             for j in range(nr):
-                row[j] = t[j] + b[j]
+                cf[U(row + j)] = tile[U(t + j)] + bias[U(j0 + j)]
         else:
             for j in range(nr):
-                row[j] = t[j]
+                cf[U(row + j)] = tile[U(t + j)]
         if clamp:
             for j in range(nr):
-                row[j] = max(row[j], 0)
+                cf[U(row + j)] = max(cf[U(row + j)], 0)
 
 
 # ---------------------------------------------------------------- matmul: the five loops
@@ -287,6 +313,7 @@ def _gemm_range(a, b, c, trans_a, trans_b, bias, relu, i_lo, i_hi, j_lo, j_hi, p
     ap = np.empty(min(mc_, i_hi - i_lo + mr_) * kc_max, c.dtype)
     bp = np.empty(min(nc_, j_hi - j_lo + nr_) * kc_max, c.dtype)
     tile = np.empty(mr_ * nr_, c.dtype)
+    half_nr = nr_ // 2
     # LOOP 5: split n into nc parts
     for jc in range(j_lo, j_hi, nc_):
         nc = min(nc_, j_hi - jc)
@@ -320,7 +347,14 @@ def _gemm_range(a, b, c, trans_a, trans_b, bias, relu, i_lo, i_hi, j_lo, j_hi, p
                         mr = min(mr_, mc - ir_)
                         # the MR x NR micro-kernel (one call site per layout of A, so that
                         # LLVM sees the packed strides as constants), then the epilogue
-                        if pack or mr < mr_:
+                        if nr <= half_nr:   # a narrow edge: half the kernel's width
+                            if pack or mr < mr_:
+                                _micro_kernel_half(kc, ap, ir_ * kc if pack else 0, mr_, 1, bsrc, b0, b_sp, tile)
+                            elif trans_a:
+                                _micro_kernel_half(kc, af, pc * m + ic + ir_, m, 1, bsrc, b0, b_sp, tile)
+                            else:
+                                _micro_kernel_half(kc, af, (ic + ir_) * k + pc, 1, k, bsrc, b0, b_sp, tile)
+                        elif pack or mr < mr_:
                             _micro_kernel(kc, ap, ir_ * kc if pack else 0, mr_, 1, bsrc, b0, b_sp, tile)
                         elif trans_a:
                             _micro_kernel(kc, af, pc * m + ic + ir_, m, 1, bsrc, b0, b_sp, tile)
