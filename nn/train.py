@@ -370,7 +370,6 @@ def train(cfg: Config) -> dict:
                 steps_this_run += 1
                 bar.update(1)
                 if b % 50 == 0 or b == n_batches:
-                    seconds = running["seconds"] + time.perf_counter() - t0
                     done = min(b * batch, n) - min(start_batch * batch, n)
                     bar.set_postfix(loss=f"{running['loss_sum'] / running['steps']:.4f}",
                                     samples_s=f"{done / max(time.perf_counter() - t0, 1e-9):,.0f}", refresh=False)
