@@ -151,3 +151,18 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(small_mnist, tmp_path):
     # asking for no more epochs than the checkpoint has done is a usage error, not a crash
     done = run(["--resume", str(out / "checkpoint.npz"), "--epochs", "1"], tmp_path)
     assert_one_line_error(done, "already at epoch", status=2)
+
+
+def test_compare_writes_table_json_and_plot(small_mnist, tmp_path):
+    import json
+
+    result = run(["--sets", "numpy,torch-autograd", *small(small_mnist), "--limit", "128",
+                  "--results", str(tmp_path / "results")], tmp_path, module="nn.compare")
+    assert result.returncode == 0, result.stderr
+    md = (tmp_path / "results" / "compare.md").read_text()
+    assert "| numpy |" in md and "| torch-autograd |" in md and "1.00x" in md
+    rows = json.loads((tmp_path / "results" / "compare.json").read_text())["rows"]
+    assert [r["kernels"] for r in rows] == ["numpy", "torch-autograd"]
+    assert all(0 <= r["test_accuracy"] <= 1 and r["samples_per_second"] > 0 for r in rows)
+    assert (tmp_path / "results" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(list((tmp_path / "results" / "runs").glob("compare-*/numpy/metrics.json"))) == 1
