@@ -161,18 +161,19 @@ def test_same_seed_same_metrics(name, small_mnist, tmp_path):
 # ---------------------------------------------------------------------------- resume
 
 
-@pytest.mark.parametrize("name", ["numpy", REFERENCE])
+@pytest.mark.parametrize("name, optimizer", [("numpy", "adam"), (REFERENCE, "adam"), ("numpy", "momentum"),
+                                             (REFERENCE, "momentum")])
 @pytest.mark.parametrize("stop", ["epoch", "mid-epoch"])
-def test_resume_reaches_the_same_weights(name, stop, small_mnist, tmp_path):
+def test_resume_reaches_the_same_weights(name, optimizer, stop, small_mnist, tmp_path):
     require(name)
-    full = train(config(small_mnist, tmp_path / "full", kernels=name))
+    full = train(config(small_mnist, tmp_path / "full", kernels=name, optimizer=optimizer))
     part = tmp_path / "part"
     if stop == "epoch":
-        first = train(config(small_mnist, part, kernels=name, epochs=1, checkpoint=True))
+        first = train(config(small_mnist, part, kernels=name, optimizer=optimizer, epochs=1, checkpoint=True))
         assert first["status"] == "finished"
     else:
         # what Ctrl-C does: finish the step, write a checkpoint, stop (here 5 steps into epoch 2)
-        first = train(config(small_mnist, part, kernels=name, interrupt_after_steps=21))
+        first = train(config(small_mnist, part, kernels=name, optimizer=optimizer, interrupt_after_steps=21))
         assert first["status"] == "interrupted"
         assert ckpt.load(part / "checkpoint.npz")["meta"]["batch"] == 5
     resumed = train(Config(kernels=name, epochs=2, threads=1, quiet=True, resume=str(part / "checkpoint.npz"),
@@ -245,3 +246,18 @@ def test_csv_dataset_end_to_end(name, tmp_path):
                      limit=None, epochs=2))
     assert m["status"] == "finished" and m["data"]["train"] == 300 and m["data"]["test"] == 50
     assert m["test_accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "momentum"])
+def test_checkpoints_move_between_the_reference_and_a_kernel_set(optimizer, small_mnist, tmp_path):
+    """A torch-autograd checkpoint (weights transposed into (in, out), Adam's moments or SGD's
+    velocity likewise) resumed on the numpy set continues as the numpy set would have."""
+    opts = dict(optimizer=optimizer, eval_train=False)
+    train(config(small_mnist, tmp_path / "full", **opts))
+    part = tmp_path / "part"
+    train(config(small_mnist, part, kernels=REFERENCE, epochs=1, **opts))
+    train(Config(kernels="numpy", epochs=2, threads=1, quiet=True, resume=str(part / "checkpoint.npz"),
+                 data_dir=str(small_mnist), download=False))
+    want, got = weights(tmp_path / "full"), weights(part)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], atol=2e-4, err_msg=k)
