@@ -310,9 +310,11 @@ def _gemm_range(a, b, c, trans_a, trans_b, bias, relu, i_lo, i_hi, j_lo, j_hi, p
     bf = b.reshape(b.size)
     direct_b = not pack and not trans_b
     kc_max = min(kc_, k)
-    ap = np.empty(min(mc_, i_hi - i_lo + mr_) * kc_max, c.dtype)
-    bp = np.empty(min(nc_, j_hi - j_lo + nr_) * kc_max, c.dtype)
-    tile = np.empty(mr_ * nr_, c.dtype)
+    # one allocation for the packed A block, the packed B panel and the tile
+    a_len = min(mc_, i_hi - i_lo + mr_) * kc_max
+    b_len = min(nc_, j_hi - j_lo + nr_) * kc_max
+    work = np.empty(a_len + b_len + mr_ * nr_, c.dtype)
+    ap, bp, tile = work[:a_len], work[a_len:a_len + b_len], work[a_len + b_len:]
     half_nr = nr_ // 2
     # LOOP 5: split n into nc parts
     for jc in range(j_lo, j_hi, nc_):
@@ -526,20 +528,23 @@ def _softmax_ce_row(logits, labels, grad, i, inv_batch):
     # One row, while it is in L1: max, exp and its sum (into grad), the loss term, the scaled
     # grad. loss_i = log(sum_j exp(z_ij - max)) - (z_i,label - max); returns it in float64.
     classes = logits.shape[1]
-    mx = logits[i, 0]
+    row = i * classes
+    z = logits.reshape(logits.size)
+    gf = grad.reshape(grad.size)
+    mx = z[U(row)]
     for j in range(1, classes):
-        mx = max(mx, logits[i, j])
+        mx = max(mx, z[U(row + j)])
     s = 0.0
     for j in range(classes):
-        e = math.exp(logits[i, j] - mx)    # shifted by the max: cannot overflow
-        grad[i, j] = e
+        e = math.exp(z[U(row + j)] - mx)    # shifted by the max: cannot overflow
+        gf[U(row + j)] = e
         s += e
     label = labels[i]
     scale = inv_batch / s
     for j in range(classes):
-        grad[i, j] *= scale                # softmax / B
-    grad[i, label] -= inv_batch            # - onehot / B
-    return math.log(s) - (logits[i, label] - mx)
+        gf[U(row + j)] *= scale            # softmax / B
+    gf[U(row + label)] -= inv_batch        # - onehot / B
+    return math.log(s) - (z[U(row + label)] - mx)
 
 
 @njit(cache=True, parallel=True)
