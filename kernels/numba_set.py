@@ -39,7 +39,7 @@ from collections import OrderedDict
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, set_num_threads, types
+from numba import get_num_threads, njit, prange, set_num_threads, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
@@ -399,9 +399,10 @@ def _gemm(a, b, c, trans_a, trans_b, bias, relu, threads):
         _gemm_threads(a, b, c, trans_a, trans_b, bias, relu, threads, pack)
 
 
-# The thread count set_threads last applied (Numba's get_num_threads, called from jitted code,
-# would make every caller uncacheable: it reaches the runtime through a ctypes pointer).
-_threads = [1]
+# The thread count set_threads last applied, passed down to the jitted code (Numba's
+# get_num_threads, called from jitted code, would make every caller uncacheable: it reaches
+# the runtime through a ctypes pointer). The front applies a set's count before every op.
+_threads = [get_num_threads()]
 # The empty bias, per dtype: a matmul without one
 _NO_BIAS = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
 
@@ -446,8 +447,8 @@ def _matmul_packed(a, b, out, trans_a, trans_b):
 
 
 def _matmul_threaded(a, b, out, trans_a, trans_b):
-    # Rung 4: rung 3 on every thread, each on its own rows (or columns) of out
-    _gemm_threads(a, b, out, trans_a, trans_b, _NO_BIAS[out.dtype], False, _threads[0], True)
+    # Rung 4: rung 3 on every thread (Numba's current count), each on its own rows or columns
+    _gemm_threads(a, b, out, trans_a, trans_b, _NO_BIAS[out.dtype], False, get_num_threads(), True)
 
 
 # The matmul at each optimisation step, for the benchmarks: {step: callable(a, b, out, trans_a,
