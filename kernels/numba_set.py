@@ -62,20 +62,22 @@ def set_threads(n):
 #   MR x NR  register tile: MR = 12 rows x NR = 2 zmm (32 float32 / 16 float64 columns)
 #            = 24 accumulators + 2 registers of B + 1 broadcast of A, within the 32 zmm.
 #            Measured per core, float32: 12x32 111, 6x64 113, 8x32 85, 16x16 77 GFLOP/s.
-#   KC       depth of a k block: a B micro-panel (KC x NR) stays in L1 while loop 1 runs over
-#            every A micro-panel; KC * NR * itemsize = 16 KiB (half of L1, the other half for
-#            the streaming A micro-panel, MR * KC * itemsize = 6 KiB, and C's tile).
-#            float32: 128 * 32 * 4 = 16 KiB; float64: 128 * 16 * 8 = 16 KiB.
-#   MC       rows of the packed A block, which stays in L2: MC * KC * itemsize = 384 KiB of the
-#            1 MiB L2 (room for the B panel's lines passing through).
-#            float32: 768 * 128 * 4 = 384 KiB; float64: 384 * 128 * 8 = 384 KiB. MC % MR == 0.
-#   NC       columns of the packed B panel, which lives in L3: KC * NC * itemsize = 2 MiB of
-#            the 32 MiB L3, per thread. float32: 128 * 4096 * 4; float64: 128 * 2048 * 8.
+#   KC       depth of a k block. Each k block reads and writes all of C once more, so KC is as
+#            deep as the caches allow: the A micro-panel (MR * KC * itemsize = 24 KiB float32,
+#            48 KiB float64) is what loop 1 streams, the B micro-panel (KC * NR * itemsize =
+#            64 KiB) is reused by every A micro-panel from L2, and the tile from L1. Measured,
+#            single thread, float32 2048^3: KC = 128 79, 256 90, 512 102 GF/s; float64 KC = 128
+#            38, 512 49 GF/s (the C passes cost more than an L1-resident B micro-panel saves).
+#            float32: 512; float64: 512.
+#   MC       rows of the packed A block, which stays in the 1 MiB L2 beside the B micro-panel:
+#            float32 384 * 512 * 4 = 768 KiB; float64 192 * 512 * 8 = 768 KiB. MC % MR == 0.
+#   NC       columns of the packed B panel, which lives in L3: KC * NC * itemsize = 8 MiB per
+#            thread, two threads in the 32 MiB L3. float32: 512 * 4096 * 4; float64: 512 * 2048 * 8.
 
 MR = 12
 BLOCKING = {  # itemsize -> (MR, NR, KC, MC, NC)
-    4: (MR, 32, 128, 768, 4096),
-    8: (MR, 16, 128, 384, 2048),
+    4: (MR, 32, 512, 384, 4096),
+    8: (MR, 16, 512, 192, 2048),
 }
 # Below this many multiply-adds a matmul runs on one thread (fork/join costs ~5 us).
 PARALLEL_MIN_FMAS = 1 << 19
