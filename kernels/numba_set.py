@@ -81,9 +81,11 @@ BLOCKING = {  # itemsize -> (MR, NR, KC, MC, NC)
 }
 # Below this many multiply-adds a matmul runs on one thread (fork/join costs ~5 us).
 PARALLEL_MIN_FMAS = 1 << 19
-# A non-transposed B is read in place (not packed) while it is reused by at most this many
-# micro-panels of A: packing costs a pass over B and pays back only with reuse.
-DIRECT_B_MAX_REUSE = 48
+# On one thread, below this many multiply-adds the operands are read in place (a transposed B
+# is always packed: the kernel needs B contiguous along j). Measured, float32: 512x128x64 in
+# place 100 us, packed 110; 128x784x128 in place 308, packed 293. The threaded path always
+# packs: reading A in place did not scale to two threads (512x784x128: 1.2 ms on one or two).
+PACK_MIN_FMAS = 1 << 23
 
 
 def _blocking(c):  # (MR, NR, KC, MC, NC) for c's dtype, as compile-time constants
@@ -230,7 +232,13 @@ def _pack_a(a, trans_a, i0, rows, p0, kc, ap):
                     ap[U(dst + r)] = af[U(src + r)]
                 for r in range(mr, mr_):
                     ap[U(dst + r)] = 0
-        else:           # A(i, p) = a[i, p]: contiguous along p, written with stride MR
+        elif mr == mr_:  # A(i, p) = a[i, p]: MR rows read side by side, one p at a time
+            src = (i0 + ir_) * lda + p0
+            for p in range(kc):
+                dst = panel + p * mr_
+                for r in range(mr_):   # constant trip count: unrolled, MR loads and stores
+                    ap[U(dst + r)] = af[U(src + r * lda + p)]
+        else:           # the edge panel: fewer rows, zero padded
             for r in range(mr_):
                 src = (i0 + ir_ + r) * lda + p0
                 if r < mr:
@@ -251,7 +259,13 @@ def _pack_b(b, trans_b, p0, kc, j0, cols, bp):
     for jr in range(0, cols, nr_):
         nr = min(nr_, cols - jr)
         panel = jr * kc
-        if trans_b:     # B(p, j) = b[j, p]: contiguous along p, written with stride NR
+        if trans_b and nr == nr_:  # B(p, j) = b[j, p]: NR rows read side by side
+            src = (j0 + jr) * ldb + p0
+            for p in range(kc):
+                dst = panel + p * nr_
+                for r in range(nr_):
+                    bp[U(dst + r)] = bf[U(src + r * ldb + p)]
+        elif trans_b:   # the edge panel: fewer columns, zero padded
             for r in range(nr_):
                 src = (j0 + jr + r) * ldb + p0
                 if r < nr:
@@ -391,14 +405,14 @@ def _gemm_threads(a, b, c, trans_a, trans_b, bias, relu, tasks, pack):
 def _gemm(a, b, c, trans_a, trans_b, bias, relu, threads):
     # c = op(a) @ op(b) (+ bias unless empty) (ReLU if relu): the set's one matmul entry point.
     # Picks packing and the thread count from the problem's size.
-    mr_, _, _, _, _ = _blocking(c)
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
-    pack = trans_b or (m + mr_ - 1) // mr_ > DIRECT_B_MAX_REUSE
-    if threads == 1 or m * n * k < PARALLEL_MIN_FMAS:
+    fmas = m * n * k
+    if threads == 1 or fmas < PARALLEL_MIN_FMAS:
+        pack = trans_b or fmas >= PACK_MIN_FMAS
         _gemm_range(a, b, c, trans_a, trans_b, bias, relu, 0, m, 0, n, pack)
     else:
-        _gemm_threads(a, b, c, trans_a, trans_b, bias, relu, threads, pack)
+        _gemm_threads(a, b, c, trans_a, trans_b, bias, relu, threads, True)
 
 
 # The thread count set_threads last applied, passed down to the jitted code (Numba's
