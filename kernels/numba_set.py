@@ -540,7 +540,7 @@ def relu_backward(grad_y, y, out):
 PARALLEL_MIN_ROWS = 4096
 
 
-@njit(cache=True, inline="always", fastmath={"contract"})
+@njit(cache=True, inline="always", fastmath={"contract"}, error_model="numpy")
 def _softmax_ce_row(logits, labels, grad, i, inv_batch):
     # One row, while it is in L1: max, exp and its sum (into grad), the loss term, the scaled
     # grad. loss_i = log(sum_j exp(z_ij - max)) - (z_i,label - max); returns it in float64.
@@ -564,7 +564,7 @@ def _softmax_ce_row(logits, labels, grad, i, inv_batch):
     return math.log(s) - (z[U(row + label)] - mx)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _softmax_ce_parallel(logits, labels, grad):
     # logits (B, C), labels (B,) int64, grad (B, C); one row per iteration
     batch = logits.shape[0]
@@ -575,7 +575,7 @@ def _softmax_ce_parallel(logits, labels, grad):
     return total * inv_batch
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def softmax_cross_entropy(logits, labels, grad):
     # logits (B, C), labels (B,) int64, grad (B, C); returns the mean loss (float64)
     batch = logits.shape[0]
@@ -671,39 +671,45 @@ def sgd_step(param, grad, velocity, lr, momentum, weight_decay):
         _sgd_step(param, grad, velocity, lr, momentum, weight_decay, True)
 
 
-@njit(cache=True, fastmath=True, inline="always")
-def _adam_one(p, g, m, v, i, step_size, bias2_sqrt, beta1, beta2, eps, weight_decay):
+@njit(cache=True, fastmath=True, error_model="numpy", inline="always")
+def _adam_one(p, g, m, v, i, step_size, bias2_sqrt, beta1, beta2, one_m_b1, one_m_b2, eps, weight_decay):
     # torch.optim.Adam on element i: g' = g + wd p; m = b1 m + (1 - b1) g'; v = b2 v + (1 - b2) g'^2;
-    # p -= step_size * m / (sqrt(v) / sqrt(1 - b2^t) + eps), step_size = lr / (1 - b1^t)
-    d = g[i] + weight_decay * p[i]
-    mi = beta1 * m[i] + (1.0 - beta1) * d
-    vi = beta2 * v[i] + (1.0 - beta2) * (d * d)
-    m[i] = mi
-    v[i] = vi
-    p[i] -= step_size * (mi / (math.sqrt(vi) / bias2_sqrt + eps))
+    # p -= step_size * m / (sqrt(v) / sqrt(1 - b2^t) + eps), step_size = lr / (1 - b1^t).
+    # The hyperparameters (and 1 - b1, 1 - b2) arrive in p's dtype, so float32 runs 16 lanes wide
+    # (an int or float64 constant here would promote the whole expression to float64).
+    j = i
+    d = g[j] + weight_decay * p[j]
+    mi = beta1 * m[j] + one_m_b1 * d
+    vi = beta2 * v[j] + one_m_b2 * (d * d)
+    m[j] = mi
+    v[j] = vi
+    p[j] -= step_size * (mi / (math.sqrt(vi) / bias2_sqrt + eps))
 
 
-@njit(cache=True, fastmath=True)
-def _adam_serial(p, g, m, v, step_size, bias2_sqrt, beta1, beta2, eps, weight_decay):
+@njit(cache=True, fastmath=True, error_model="numpy")
+def _adam_serial(p, g, m, v, step_size, bias2_sqrt, beta1, beta2, one_m_b1, one_m_b2, eps, weight_decay):
     # p, g, m, v are (size,): one fused pass
     for i in range(p.shape[0]):
-        _adam_one(p, g, m, v, i, step_size, bias2_sqrt, beta1, beta2, eps, weight_decay)
+        _adam_one(p, g, m, v, i, step_size, bias2_sqrt, beta1, beta2, one_m_b1, one_m_b2, eps, weight_decay)
 
 
-@njit(cache=True, fastmath=True, parallel=True)
-def _adam_parallel(p, g, m, v, step_size, bias2_sqrt, beta1, beta2, eps, weight_decay):
+@njit(cache=True, fastmath=True, error_model="numpy", parallel=True)
+def _adam_parallel(p, g, m, v, step_size, bias2_sqrt, beta1, beta2, one_m_b1, one_m_b2, eps, weight_decay):
     # p, g, m, v are (size,): one fused pass, split over threads
     for i in prange(p.shape[0]):
-        _adam_one(p, g, m, v, i, step_size, bias2_sqrt, beta1, beta2, eps, weight_decay)
+        _adam_one(p, g, m, v, i, step_size, bias2_sqrt, beta1, beta2, one_m_b1, one_m_b2, eps, weight_decay)
 
 
 @njit(cache=True)
 def adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay):
     # param, grad, m, v: one shape, any ndim; in place on param, m and v
-    step_size = lr / (1.0 - beta1**step)
-    bias2_sqrt = math.sqrt(1.0 - beta2**step)
+    f = param.dtype.type    # hyperparameters in the arrays' dtype (see _adam_one)
+    step_size = f(lr / (1.0 - beta1**step))
+    bias2_sqrt = f(math.sqrt(1.0 - beta2**step))
+    b1, b2, c1, c2 = f(beta1), f(beta2), f(1.0 - beta1), f(1.0 - beta2)
+    e, wd = f(eps), f(weight_decay)
     pf, gf, mf, vf = param.reshape(param.size), grad.reshape(grad.size), m.reshape(m.size), v.reshape(v.size)
     if pf.size >= PARALLEL_MIN_ELEMENTS:
-        _adam_parallel(pf, gf, mf, vf, step_size, bias2_sqrt, beta1, beta2, eps, weight_decay)
+        _adam_parallel(pf, gf, mf, vf, step_size, bias2_sqrt, b1, b2, c1, c2, e, wd)
     else:
-        _adam_serial(pf, gf, mf, vf, step_size, bias2_sqrt, beta1, beta2, eps, weight_decay)
+        _adam_serial(pf, gf, mf, vf, step_size, bias2_sqrt, b1, b2, c1, c2, e, wd)
