@@ -12,24 +12,36 @@ Design note
   always computes a full MR x NR tile into a small buffer; the epilogue writes the valid part).
 * The micro-kernel is an ``@intrinsic`` that emits LLVM IR with explicit vectors: MR x NR/W
   accumulators (W = 64 bytes / itemsize, one zmm register) held in SSA values across the k
-  loop, one broadcast of A per row and one ``llvm.fma`` per accumulator. Written as plain
+  loop, one broadcast of A per row and one ``llvm.fma`` per accumulator: 24 ``vfmadd231ps``
+  on zmm registers per k step, no spills (checked with ``inspect_asm``). Written as plain
   Python loops the same kernel is fully unrolled by LLVM before its loop vectoriser runs, and
   Numba leaves the SLP vectoriser off, so the unrolled code stays scalar (5 GFLOP/s measured);
-  the intrinsic runs at the FMA units' peak (113 GFLOP/s per core, float32).
+  the intrinsic runs at the FMA units' peak (113 GFLOP/s per core, float32). A half-width
+  variant (one zmm per row) takes narrow edge panels (n % NR <= NR/2, n = 10 logits).
 * The epilogue (bias, ReLU, accumulate-into-C across k blocks) is applied while the tile is
   in L1, so linear's bias and ReLU cost no second pass over the output.
-* Small problems skip packing: the micro-kernel takes strides, so it reads A and a
-  non-transposed B in place; only an edge micro-panel (which the full-width kernel would read
-  past) is packed, zero padded. Packing pays once an operand is reused many times.
+* Packing and the epilogue index flat arrays with unsigned indices (``U``): Numba's
+  negative-index fix-up on signed indices, and the reference counting of per-row views, each
+  kept those loops scalar and slow (the whole matmul ran at a quarter of the kernel's speed).
+* Small problems skip packing: the micro-kernel takes strides, so on one thread it reads A
+  and a non-transposed B in place; only an edge micro-panel (which the full-width kernel would
+  read past) is packed, zero padded. Past PACK_MIN_FMAS, and always on threads, it packs.
 * Threads split the output into row (or column) ranges, one task per thread, each running the
   five loops on its own range with its own packing buffers (``prange`` over tasks, the one
-  parallel loop of the matmul). Problems under a few MFLOP run on one thread: the OpenMP
-  fork/join costs more than it saves.
+  parallel loop of the matmul). Problems under PARALLEL_MIN_FMAS run on one thread: the
+  OpenMP fork/join costs more than it saves. The thread count is passed down from Python
+  (``_threads``): Numba's get_num_threads inside jitted code defeats ``cache=True``.
 * Directives: ``@njit(cache=True)`` everywhere; ``fastmath=True`` on the matmul, the
   elementwise ops and the optimizers (reassociation and contraction are harmless there);
   softmax-cross-entropy keeps IEEE semantics (``nnan``/``ninf`` would break its +-inf logic)
-  and only allows contraction. ``parallel=True`` only where it pays: the matmul's task loop,
-  softmax over rows and the elementwise ops, each taken only above a size threshold.
+  and only allows contraction. ``error_model="numpy"`` where a kernel divides: Python's
+  zero-division check otherwise blocks vectorisation (Adam ran scalar). ``parallel=True``
+  only where it pays: the matmul's task loop, softmax over rows and the elementwise ops, each
+  taken only above a size threshold.
+* Specialisations: one per dtype. Jitted entry points take only C-contiguous arrays, Python
+  bools and floats; constants are never passed as literals between jitted functions (a
+  literal False compiles a second copy of the callee). Thin Python wrappers exist only where
+  the protocol passes None (linear_backward's grad_x, sgd's velocity) or the thread count.
 * Kernels receive checked, C-contiguous arrays (kernels/_front.py); no bounds checks. Loss,
   softmax row sums and bias gradients accumulate in float64.
 """
