@@ -27,7 +27,7 @@ class NumpyArrays:
         return x.dtype
 
     def is_integer(self, x) -> bool:
-        return np.issubdtype(x.dtype, np.integer)
+        return x.dtype.kind in "iu"
 
     def on_device(self, x) -> bool:
         return True
@@ -62,6 +62,11 @@ class NumpyArrays:
     def labels(self, x):
         """Labels as a contiguous int64 array (no copy when they already are)."""
         return np.ascontiguousarray(x, dtype=np.int64)
+
+    def in_range(self, labels, classes) -> bool:
+        """All int64 ``labels`` in [0, classes): one pass, since a negative int64 read as
+        uint64 is larger than any class count."""
+        return int(labels.view(np.uint64).max()) < classes
 
     def min_max(self, x):
         return int(x.min()), int(x.max())
@@ -134,6 +139,10 @@ class TorchArrays:
 
     def labels(self, x):
         return x.to(self.torch.int64).contiguous()
+
+    def in_range(self, labels, classes) -> bool:
+        lo, hi = self.min_max(labels)
+        return lo >= 0 and hi < classes
 
     def min_max(self, x):
         lo, hi = self.torch.aminmax(x)

@@ -317,13 +317,14 @@ class KernelSet:
                 f"{op}: labels must hold one class index per row of logits, shape ({batch},), "
                 f"got shape {_shape(labels)}"
             )
-        lo, hi = A.min_max(labels)
-        if lo < 0 or hi >= classes:
-            bad = lo if lo < 0 else hi
+        labels = A.labels(labels)
+        if not A.in_range(labels, classes):
+            lo, hi = A.min_max(labels)
             raise ValueError(
-                f"{op}: labels must lie in [0, {classes}) for logits with {classes} classes, found {bad}"
+                f"{op}: labels must lie in [0, {classes}) for logits with {classes} classes, "
+                f"found {lo if lo < 0 else hi}"
             )
-        return A.labels(labels)
+        return labels
 
     def _out(self, op, name, out, shape, dtype, inputs=(), elementwise=False):
         """The array a kernel writes: ``out`` itself when it can be, else a scratch array."""
