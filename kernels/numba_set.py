@@ -446,26 +446,31 @@ def matmul(a, b, out, trans_a, trans_b):
 @njit(cache=True, fastmath=True)
 def _matmul_blocked(a, b, out, trans_a, trans_b):
     # Rung 2: the loops blocked for the caches (NC, KC, MC of the packed version), i-p-j order
-    # so that the inner loop runs along rows of B and C and vectorises; no packing, no register
-    # tile (C's row is loaded and stored for every p).
+    # so that the inner loop runs along rows of B and C and vectorises (flat, unsigned indices,
+    # as in the packed path); no packing, no register tile: C's row is loaded and stored for
+    # every p. With trans_b the inner loop walks a column of b (strided; correct, slow).
     _, _, kc_, mc_, nc_ = _blocking(out)
     m, n = out.shape
     k = a.shape[0] if trans_a else a.shape[1]
-    out[:] = 0
+    af, bf, cf = a.reshape(a.size), b.reshape(b.size), out.reshape(out.size)
+    lda, ldb = a.shape[1], b.shape[1]
+    cf[:] = 0
     for jc in range(0, n, nc_):
-        j_hi = min(n, jc + nc_)
+        nc = min(n - jc, nc_)
         for pc in range(0, k, kc_):
             p_hi = min(k, pc + kc_)
             for ic in range(0, m, mc_):
                 for i in range(ic, min(m, ic + mc_)):
+                    c_row = i * n + jc
                     for p in range(pc, p_hi):
-                        a_ip = a[p, i] if trans_a else a[i, p]
+                        a_ip = af[U(p * lda + i)] if trans_a else af[U(i * lda + p)]
                         if trans_b:
-                            for j in range(jc, j_hi):
-                                out[i, j] += a_ip * b[j, p]
+                            for j in range(nc):
+                                cf[U(c_row + j)] += a_ip * bf[U((jc + j) * ldb + p)]
                         else:
-                            for j in range(jc, j_hi):
-                                out[i, j] += a_ip * b[p, j]
+                            b_row = p * ldb + jc
+                            for j in range(nc):
+                                cf[U(c_row + j)] += a_ip * bf[U(b_row + j)]
 
 
 def _matmul_packed(a, b, out, trans_a, trans_b):
