@@ -7,6 +7,7 @@ CI must not pass because the Cython build silently went missing.
 
 import functools
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,17 @@ import pytest
 import kernels
 
 REQUIRE_ALL = os.environ.get("KERNELS_REQUIRE_ALL", "") not in ("", "0")
+# The real MNIST test files, in the shared/ folder that sits beside the repository (CI too).
+MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+def requires_mnist():
+    """A module mark: skip without ../shared/data/mnist, except in CI, where it must be there
+    and its absence fails the run rather than silently skipping every test that reads it."""
+    present = (MNIST / "t10k-images-idx3-ubyte.gz").exists()
+    if not present and os.environ.get("CI"):
+        pytest.fail(f"CI is set but the MNIST test files are not in {MNIST}", pytrace=False)
+    return pytest.mark.skipif(not present, reason=f"the MNIST test files are not in {MNIST}")
 SET_NAMES = kernels.names()
 DTYPES = [np.float32, np.float64]
 

@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_train import MNIST, small_mnist  # noqa: F401  (the fixture)
+from conftest import requires_mnist
+from test_train import small_mnist  # noqa: F401  (the fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(not MNIST.exists(), reason=f"the MNIST test files are not in {MNIST}")
+pytestmark = requires_mnist()
 
 
 def run(args, cwd, module="nn.train"):

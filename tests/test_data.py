@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import MNIST, requires_mnist
 from nn import data
 from nn.errors import UsageError
 
-MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 IMAGES = MNIST / "t10k-images-idx3-ubyte.gz"
 LABELS = MNIST / "t10k-labels-idx1-ubyte.gz"
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
-pytestmark = pytest.mark.skipif(not IMAGES.exists(), reason=f"the MNIST test files are not in {MNIST}")
+pytestmark = requires_mnist()
 
 
 @functools.lru_cache(maxsize=None)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import kernel_set
+from conftest import MNIST, kernel_set, requires_mnist
 
 import kernels
 from nn import checkpoint as ckpt
@@ -20,10 +20,9 @@ from nn.engine import KernelEngine
 from nn.errors import TrainingDiverged
 from nn.train import REFERENCE, Config, train
 
-MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 SETS = [*kernels.names(), REFERENCE]
 
-pytestmark = pytest.mark.skipif(not MNIST.exists(), reason=f"the MNIST test files are not in {MNIST}")
+pytestmark = requires_mnist()
 
 
 @pytest.fixture(scope="session")
