@@ -84,10 +84,7 @@ class KernelSet:
         trans_b = self._flag(op, "trans_b", trans_b)
         dims_a = ("k", "m") if trans_a else ("m", "k")
         dims_b = ("n", "k") if trans_b else ("k", "n")
-        self._float(op, "a", a, dims_a)
-        self._float(op, "b", b, dims_b)
-        dtype = self._same_dtype(op, a=a, b=b)
-        size = self._bind(op, [("a", a, dims_a, f"trans_a={trans_a}"), ("b", b, dims_b, f"trans_b={trans_b}")])
+        dtype, size = self._check(op, [("a", a, dims_a, f"trans_a={trans_a}"), ("b", b, dims_b, f"trans_b={trans_b}")])
         shape = (size["m"], size["n"])
         target = self._out(op, "out", out, shape, dtype, inputs=(a, b))
         self._sync_threads()
@@ -99,8 +96,7 @@ class KernelSet:
     def relu(self, x, *, out=None):
         """max(x, 0), elementwise."""
         op = "relu"
-        self._float(op, "x", x, ("batch", "features"), any_ndim=True)
-        dtype = self._same_dtype(op, x=x)
+        dtype = self._float(op, "x", x, (), any_ndim=True)
         target = self._out(op, "out", out, _shape(x), dtype, inputs=(x,), elementwise=True)
         self._sync_threads()
         self._backend.relu(self._c(x), target)
@@ -127,9 +123,7 @@ class KernelSet:
         grad = (softmax(logits) - onehot(labels)) / batch. ``out``, if given, receives grad.
         """
         op = "softmax_cross_entropy"
-        dims = ("batch", "classes")
-        self._float(op, "logits", logits, dims)
-        dtype = self._same_dtype(op, logits=logits)
+        dtype = self._float(op, "logits", logits, ("batch", "classes"))
         batch, classes = _shape(logits)
         labels = self._labels(op, labels, batch, classes)
         target = self._out(op, "out", out, (batch, classes), dtype, inputs=(logits,))
@@ -141,11 +135,7 @@ class KernelSet:
         """x @ w + b, and max(., 0) in the same pass when relu=True."""
         op = "linear"
         relu = self._flag(op, "relu", relu)
-        specs = [("x", x, ("batch", "in")), ("w", w, ("in", "out")), ("b", b, ("out",))]
-        for name, arr, dims in specs:
-            self._float(op, name, arr, dims)
-        dtype = self._same_dtype(op, x=x, w=w, b=b)
-        size = self._bind(op, specs)
+        dtype, size = self._check(op, [("x", x, ("batch", "in")), ("w", w, ("in", "out")), ("b", b, ("out",))])
         target = self._out(op, "out", out, (size["batch"], size["out"]), dtype, inputs=(x, w, b))
         self._sync_threads()
         self._backend.linear(self._c(x), self._c(w), self._c(b), target, relu)
@@ -159,16 +149,12 @@ class KernelSet:
         op = "linear_backward"
         relu = self._flag(op, "relu", relu)
         need_grad_x = self._flag(op, "need_grad_x", need_grad_x)
-        specs = [
+        dtype, size = self._check(op, [
             ("x", x, ("batch", "in")),
             ("w", w, ("in", "out")),
             ("y", y, ("batch", "out")),
             ("grad_y", grad_y, ("batch", "out")),
-        ]
-        for name, arr, dims in specs:
-            self._float(op, name, arr, dims)
-        dtype = self._same_dtype(op, x=x, w=w, y=y, grad_y=grad_y)
-        size = self._bind(op, specs)
+        ])
         if out is None:
             out = (None, None, None)
         elif not isinstance(out, (tuple, list)) or len(out) != 3:
@@ -240,7 +226,8 @@ class KernelSet:
     # ------------------------------------------------------------------ checks
 
     def _float(self, op, name, x, dims, any_ndim=False):
-        """x is a native float32/float64 array on this set's device, of len(dims) dims, none empty."""
+        """x is a native float32/float64 array on this set's device, of len(dims) dims, none
+        empty; its dtype."""
         A = self._arrays
         if not A.is_native(x):
             raise TypeError(
@@ -261,6 +248,29 @@ class KernelSet:
             raise ValueError(
                 f"{op}: {name} is {what} (shape {_shape(x)}); every dimension must be at least 1"
             )
+        return dtype
+
+    def _check(self, op, specs):
+        """Check each (name, array, dims[, note]) of ``specs`` as _float does; all must share
+        one dtype, and a dim named twice must have one size. (dtype, {dim: size}).
+
+        One loop for all of an op's arrays: this runs before every kernel call, thousands
+        of times an epoch at small batches, so it does each check once."""
+        dtype, first, size = None, None, {}
+        for spec in specs:
+            name, x, dims = spec[0], spec[1], spec[2]
+            d = self._float(op, name, x, dims)
+            if dtype is None:
+                dtype, first = d, name
+            elif d != dtype:
+                raise TypeError(
+                    f"{op}: {first} is {dtype} but {name} is {d}; "
+                    "all arrays of one call must share one dtype (float32 or float64)"
+                )
+            for dim, n in zip(dims, x.shape):
+                if size.setdefault(dim, n) != n:
+                    self._mismatch(op, specs, dim)
+        return dtype, size
 
     def _same_dtype(self, op, **arrays):
         """The one dtype that all of an op's float arrays share."""
@@ -274,19 +284,9 @@ class KernelSet:
                 )
         return first
 
-    def _bind(self, op, specs):
-        """Sizes of the named dims; a dim seen twice must have one size."""
-        size = {}
-        for spec in specs:
-            for dim, n in zip(spec[2], spec[1].shape):
-                known = size.setdefault(dim, n)
-                if known != n:
-                    self._mismatch(op, specs, dim)
-        return size
-
     @staticmethod
     def _mismatch(op, specs, dim):
-        """Raise the error for two arrays that disagree on ``dim`` (the slow path of _bind)."""
+        """Raise the error for two arrays that disagree on ``dim`` (the slow path of _check)."""
         found = []
         for spec in specs:
             name, x, dims = spec[:3]
