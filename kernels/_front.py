@@ -183,22 +183,17 @@ class KernelSet:
         lr = self._hyper(op, "lr", lr)
         momentum = self._hyper(op, "momentum", momentum)
         weight_decay = self._hyper(op, "weight_decay", weight_decay)
-        state = {"param": param}
-        if momentum != 0.0:
-            if velocity is None:
-                raise ValueError(
-                    f"{op}: momentum={momentum} needs a velocity array (zeros, same shape as param)"
-                )
-            state["velocity"] = velocity
-        elif velocity is not None:
-            state["velocity"] = velocity  # checked, left untouched by a plain SGD step
-        dtype, targets = self._optimizer_arrays(op, state, {"grad": grad})
+        if momentum != 0.0 and velocity is None:
+            raise ValueError(f"{op}: momentum={momentum} needs a velocity array (zeros, same shape as param)")
+        arrays = [("param", param, True), ("grad", grad, False)]
+        if velocity is not None:  # checked even when momentum is 0, where a plain step leaves it be
+            arrays.append(("velocity", velocity, True))
+        targets = self._optimizer_arrays(op, arrays)
         self._sync_threads()
         self._backend.sgd_step(
-            targets["param"], self._c(grad), targets.get("velocity") if momentum != 0.0 else None,
-            lr, momentum, weight_decay,
+            targets[0], targets[1], targets[2] if momentum != 0.0 else None, lr, momentum, weight_decay
         )
-        self._write_back(state, targets)
+        self._write_back(arrays, targets)
 
     def adam_step(self, param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
         """One step of torch.optim.Adam (L2 weight decay, not AdamW), in place on param, m and v.
@@ -206,7 +201,7 @@ class KernelSet:
         step counts from 1; it sets the bias corrections 1 - beta**step.
         """
         op = "adam_step"
-        if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+        if type(step) is not int and (isinstance(step, bool) or not isinstance(step, numbers.Integral)):
             raise TypeError(f"{op}: step must be an integer (the step number, counting from 1), got {step!r}")
         if step < 1:
             raise ValueError(f"{op}: step must be at least 1 (steps count from 1), got {step}")
@@ -215,13 +210,12 @@ class KernelSet:
         weight_decay = self._hyper(op, "weight_decay", weight_decay)
         beta1 = self._hyper(op, "beta1", beta1, below_one=True)
         beta2 = self._hyper(op, "beta2", beta2, below_one=True)
-        dtype, targets = self._optimizer_arrays(op, {"param": param, "m": m, "v": v}, {"grad": grad})
+        arrays = [("param", param, True), ("grad", grad, False), ("m", m, True), ("v", v, True)]
+        targets = self._optimizer_arrays(op, arrays)
         self._sync_threads()
-        self._backend.adam_step(
-            targets["param"], self._c(grad), targets["m"], targets["v"],
-            int(step), lr, beta1, beta2, eps, weight_decay,
-        )
-        self._write_back({"param": param, "m": m, "v": v}, targets)
+        p, g, m_, v_ = targets
+        self._backend.adam_step(p, g, m_, v_, int(step), lr, beta1, beta2, eps, weight_decay)
+        self._write_back(arrays, targets)
 
     # ------------------------------------------------------------------ checks
 
@@ -358,30 +352,38 @@ class KernelSet:
             self._arrays.copy_into(out, target)
         return out
 
-    def _optimizer_arrays(self, op, state, inputs):
-        """Check an optimizer's in-place state arrays and inputs; contiguous targets for the kernel."""
+    def _optimizer_arrays(self, op, arrays):
+        """Check an optimizer's arrays, [(name, array, updated in place)] with param first:
+        one float dtype, param's shape, in-place ones writeable and not sharing memory.
+        The arrays the kernel gets, in order: contiguous (a strided one as a copy that
+        _write_back copies back)."""
         A = self._arrays
-        for name, x in {**state, **inputs}.items():
-            self._float(op, name, x, (), any_ndim=True)
-        dtype = self._same_dtype(op, **state, **inputs)
-        shape = _shape(state["param"])
-        for name, x in {**state, **inputs}.items():
-            if _shape(x) != shape:
-                raise ValueError(f"{op}: {name} has shape {_shape(x)} but param has shape {shape}; they must match")
-        names = list(state)
-        for i, name in enumerate(names):
-            if not A.writeable(state[name]):
-                raise ValueError(f"{op}: {name} is updated in place and must be writeable")
-            for other in names[i + 1:]:
-                if A.overlaps(state[name], state[other]):
-                    raise ValueError(f"{op}: {name} and {other} share memory; each must be its own array")
-        targets = {name: x if A.is_c_contiguous(x) else A.contiguous(x) for name, x in state.items()}
-        return dtype, targets
+        param_dtype = self._float(op, "param", arrays[0][1], (), any_ndim=True)
+        shape = arrays[0][1].shape
+        targets = []
+        for i, (name, x, in_place) in enumerate(arrays):
+            dtype = self._float(op, name, x, (), any_ndim=True) if i else param_dtype
+            if dtype != param_dtype:
+                raise TypeError(
+                    f"{op}: param is {param_dtype} but {name} is {dtype}; "
+                    "all arrays of one call must share one dtype (float32 or float64)"
+                )
+            if x.shape != shape:
+                raise ValueError(f"{op}: {name} has shape {_shape(x)} but param has shape {_shape(arrays[0][1])}; they must match")
+            if in_place:
+                if not A.writeable(x):
+                    raise ValueError(f"{op}: {name} is updated in place and must be writeable")
+                for other_name, other, other_in_place in arrays[:i]:
+                    if other_in_place and A.overlaps(x, other):
+                        raise ValueError(f"{op}: {other_name} and {name} share memory; each must be its own array")
+            targets.append(x if A.is_c_contiguous(x) else A.contiguous(x))
+        return targets
 
-    def _write_back(self, state, targets):
-        for name, x in state.items():
-            if targets[name] is not x:
-                self._arrays.copy_into(x, targets[name])
+    def _write_back(self, arrays, targets):
+        """Copy results computed in contiguous copies back into the caller's strided arrays."""
+        for (_, x, in_place), target in zip(arrays, targets):
+            if in_place and target is not x:
+                self._arrays.copy_into(x, target)
 
     @staticmethod
     def _flag(op, name, value):
@@ -392,10 +394,11 @@ class KernelSet:
     @staticmethod
     def _hyper(op, name, value, below_one=False):
         """A finite, non-negative hyperparameter as a Python float (below 1 for Adam's betas)."""
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"{op}: {name} must be a real number, got {value!r}")
-        value = float(value)
-        if not math.isfinite(value) or value < 0.0 or (below_one and value >= 1.0):
+        if type(value) is not float:  # the common case skips the slower ABC check
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"{op}: {name} must be a real number, got {value!r}")
+            value = float(value)
+        if not 0.0 <= value < (1.0 if below_one else math.inf):  # NaN fails every comparison
             expected = "in [0, 1)" if below_one else "finite and >= 0"
             raise ValueError(f"{op}: {name} must be {expected}, got {value}")
         return value
