@@ -1,6 +1,6 @@
 """Run the whole benchmark suite and write the report: ``python -m bench``.
 
-    python -m bench                       # everything, into results/  (about 15 minutes on 2 cores)
+    python -m bench                       # everything, into results/  (about 7 minutes on 2 cores)
     python -m bench --threads 2           # the thread count every set uses (default: every core)
     python -m bench --out results/runs/x  # somewhere else (results/runs/ is git-ignored)
     python -m bench --quick -- -k numpy   # a short smoke run; arguments after -- go to pytest
@@ -12,7 +12,8 @@ Steps, each in its own process so one cannot disturb the next:
 3. pytest-benchmark over bench/ (every op on every CPU set, the references, and end to end)
    -> bench-cpu.json; on a machine with a GPU, a second run of the CUDA entries (with torch
    on the CPU beside them) -> bench-gpu.json;
-4. ``bench.time_to_accuracy`` (when the trainer is present) -> time_to_accuracy.json;
+4. ``bench.time_to_accuracy`` (when the trainer is present) -> time_to_accuracy.json, and
+   ``bench.profile_step``: where a training step's time goes -> profile_step.json;
 5. ``bench.peak`` again: the peaks kept are the best of the two measurements, so a disturbance
    during one of them does not understate the machine;
 6. ``bench.report`` -> REPORT.md and charts/.
@@ -55,6 +56,28 @@ def step(title, argv, failures, timeout=None):
     return rc
 
 
+def write_json(path: Path, data) -> None:
+    """Write JSON atomically: a temporary file beside ``path``, then a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def trim_benchmark_json(path: Path) -> None:
+    """Drop each benchmark's raw per-round timings (stats.data) from pytest-benchmark's JSON.
+
+    A microsecond op gets ~10^5 rounds in its 0.3 s, so the raw timings of a full run weigh
+    ~200 MB; the summary statistics (median, quartiles, outliers, rounds) stay, and with them
+    everything the report and ``--benchmark-compare``-style comparisons read.
+    """
+    data = _load(path)
+    if not data:
+        return
+    for bench in data.get("benchmarks", []):
+        bench.get("stats", {}).pop("data", None)
+    write_json(path, data)
+
+
 def merge_peaks(before: dict | None, after: dict | None) -> dict | None:
     """The best of two peak measurements, metric by metric, with both kept for the record."""
     if not before or not after:
@@ -77,7 +100,7 @@ def main(argv=None):
     parser.add_argument("--out", default=str(ROOT / "results"), help="results directory (default results/)")
     parser.add_argument("--quick", action="store_true", help="short timings and small peak problems: a smoke test")
     parser.add_argument("--dtypes", default="float32", help="comma-separated (default float32)")
-    parser.add_argument("--skip", default="", help="comma-separated steps to skip: peak,first_call,bench,gpu,tta,report")
+    parser.add_argument("--skip", default="", help="comma-separated steps to skip: peak,first_call,bench,gpu,tta,profile,report")
     args = parser.parse_args(argv)
 
     import kernels
@@ -112,19 +135,24 @@ def main(argv=None):
     if "bench" not in skip:
         step("benchmarks (CPU)", common + timing + ["--benchmark-json", str(out / "bench-cpu.json"),
                                                     "-k", cpu_k] + rest, failures)
+        trim_benchmark_json(out / "bench-cpu.json")
     if "gpu" not in skip and kernels.available("cuda")["torch"] is None:
         step("benchmarks (GPU)", common + timing + ["--benchmark-json", str(out / "bench-gpu.json"),
                                                     f"--bench-sets={GPU_SETS}"] + extra, failures)
+        trim_benchmark_json(out / "bench-gpu.json")
     if "tta" not in skip and importlib.util.find_spec("bench.time_to_accuracy") is not None:
         step("time to accuracy", [py, "-m", "bench.time_to_accuracy", "--threads", str(threads),
                                   "--out", str(out / "time_to_accuracy.json")], failures)
+    if "profile" not in skip:
+        step("training-step profile", [py, "-m", "bench.profile_step", "--threads", str(threads),
+                                       "--out", str(out / "profile_step.json")] + quick, failures)
     if "peak" not in skip:
         step("peak (after)", [py, "-m", "bench.peak", "--threads", str(threads), "--out", str(out / "peak-after.json")]
              + quick, failures)
         after = _load(out / "peak-after.json")
         merged = merge_peaks(before, after)
         if merged:
-            peak_path.write_text(json.dumps(merged, indent=2) + "\n")
+            write_json(peak_path, merged)
         (out / "peak-after.json").unlink(missing_ok=True)
     if "report" not in skip:
         step("report", [py, "-m", "bench.report", "--results", str(out)], failures)

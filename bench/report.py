@@ -15,6 +15,7 @@ never leave a stale claim behind.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import math
 import statistics
@@ -188,21 +189,22 @@ class Targets:
                 self.add(f"softmax_cross_entropy {case}: {s} vs F.cross_entropy+backward",
                          ratio(r.median("softmax_cross_entropy", case, C.TORCH_AUTOGRAD),
                                r.median("softmax_cross_entropy", case, s)), need)
-        # bandwidth of the memory-bound passes
-        copy = self.peak["copy_gbps"] if self.peak else None
+        # bandwidth of the memory-bound passes, against a copy of the same size: relu at
+        # 4096x1000 float32 reads 16 MiB and writes 16 MiB, as the 16 MiB copy does (both
+        # largely in the 32 MiB L3); the DRAM-sized copy would flatter them.
+        copy = (self.peak.get("copy_l3_gbps") or self.peak.get("copy_gbps")) if self.peak else None
         for op in ("relu", "relu_backward"):
             for s in compiled:
                 rec = r.get(op, "4096x1000", s)
                 frac = rec["bytes"] / rec["median"] / 1e9 / copy if rec and copy else None
                 self.add(f"{op} 4096x1000: {s}, fraction of copy bandwidth", frac, 0.8,
-                         f"copy {copy:.1f} GB/s" if copy else "no peak.json")
+                         f"16 MiB copy: {copy:.1f} GB/s" if copy else "no peak.json")
+        # The fused epilogue makes no pass over memory of its own, so it has no bandwidth to
+        # measure; what can be measured is whether linear(relu=True) costs more than the matmul.
         for s in compiled:
-            cost, bw = self.epilogue(s)
-            self.add(f"bias+ReLU epilogue (linear relu=True vs matmul, b32–512): {s}, fraction of copy bandwidth",
-                     bw / copy if bw is not None and copy else None, 0.8,
-                     "effective bandwidth of the extra time over the bare matmul")
-            self.add_le(f"bias+ReLU fused at no measurable cost: {s}, linear(relu)/matmul geomean", cost, 1.05, "×",
-                        "≤ 1.05: within run-to-run noise")
+            cost, _ = self.epilogue(s)
+            self.add_le(f"bias+ReLU fused into the matmul at no measurable cost: {s}, linear(relu)/matmul geomean",
+                        cost, 1.05, "×", "≤ 1.05: within run-to-run noise; the fused epilogue has no pass of its own")
         # adam
         for s in compiled:
             self.add(f"adam_step over the MLP's parameters: {s} vs torch.optim.Adam.step()",
@@ -697,6 +699,57 @@ def analysis(res: Results, peak, fc, tta):
     return "\n".join(out)
 
 
+def profile_section(prof):
+    """Where a training step's time goes (bench/profile_step.py), and what it says about the
+    end-to-end targets: computed from the measured split, not asserted."""
+    if not prof or not prof.get("rows"):
+        return ""
+    rows = prof["rows"]
+    by = {(r["set"], r["batch"]): r for r in rows}
+    lines = ["## Where a training step's time goes", "",
+             f"One SGD step of 784-128-64-10, {prof.get('threads', '?')} threads, medians of alternating runs "
+             "(`python -m bench.profile_step`). *kernels*: time inside the set's kernels; *front*: the interface's "
+             "checks and allocation in front of them (`kernels/_front.py`, the same Python for every set); "
+             "*rest*: the trainer's Python and the batch gather. Kernels and front are split within one "
+             "instrumented run, so their ratio is robust to this machine's noise.", ""]
+    table_rows = []
+    for r in rows:
+        table_rows.append([f"`{r['set']}`", r["batch"], f"{r['total_us']:.0f} µs", f"{r['kernels_us']:.0f} µs",
+                           f"{r['front_us']:.0f} µs", f"{r['rest_us']:.0f} µs",
+                           fmt_pct(r["front_us"] / r["total_us"]) if r["total_us"] else "–",
+                           f"{r['ops_per_step']:.0f}"])
+    lines += [table(["set", "batch", "step", "kernels", "front", "rest", "front share", "ops/step"], table_rows), ""]
+    compiled = [s for s in ("numba", "cython") if (s, 1) in by]
+    numpy1, numpy128 = by.get(("numpy", 1)), by.get(("numpy", 128))
+    if compiled and numpy1:
+        best = min(compiled, key=lambda s: by[(s, 1)]["total_us"])
+        b = by[(best, 1)]
+        lines += [
+            f"**Batch 1.** The fastest compiled step (`{best}`) takes {b['total_us']:.0f} µs against numpy's "
+            f"{numpy1['total_us']:.0f} µs ({numpy1['total_us'] / b['total_us']:.1f}×). Its kernels take "
+            f"{b['kernels_us']:.0f} µs of that and the interface's checks {b['front_us']:.0f} µs "
+            f"({b['ops_per_step']:.0f} calls, {b['front_us'] / max(b['ops_per_step'], 1):.1f} µs each). A 20× lead "
+            f"would need a step of {numpy1['total_us'] / 20:.0f} µs: less than the checks alone, and even the "
+            f"kernels alone give {numpy1['total_us'] / b['kernels_us']:.1f}×. At batch 1 a step is "
+            f"{b['ops_per_step']:.0f} calls from Python, each worth well under a microsecond of arithmetic, so "
+            "what is measured is the cost of a call. Reaching 20× would take fusing the whole step (forward, "
+            "loss, backward, update) into one compiled call per sample or per epoch, which the per-op interface "
+            "that every set shares does not do.", ""]
+    if compiled and numpy128 and all((s, 128) in by for s in compiled):
+        best = min(compiled, key=lambda s: by[(s, 128)]["total_us"])
+        b = by[(best, 128)]
+        lines += [
+            f"**Batch 128.** `{best}` takes {b['total_us']:.0f} µs a step against numpy's "
+            f"{numpy128['total_us']:.0f} µs ({numpy128['total_us'] / b['total_us']:.1f}× in this profile; the "
+            "epoch benchmark above, measured in another run, is the figure the targets use). The kernels are "
+            f"{fmt_pct(b['kernels_us'] / b['total_us'])} of the compiled step, and kernels against kernels the "
+            f"lead is {numpy128['kernels_us'] / b['kernels_us']:.1f}×: with the checks and the trainer's Python "
+            "gone, that is as far ahead of numpy as this set could get at this batch. Most of the kernels' time "
+            "is the six matmuls, where numpy calls OpenBLAS, so the lead is bounded by how the compiled matmuls "
+            "compare with OpenBLAS at these shapes (the MLP-shape rows of the targets table).", ""]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -709,6 +762,7 @@ def write_report(results_dir: Path) -> Path:
     peak = _load_json(results_dir / "peak.json") or cpu.get("bench", {}).get("peak")
     fc = _load_json(results_dir / "first_call.json")
     tta = _load_json(results_dir / "time_to_accuracy.json")
+    prof = _load_json(results_dir / "profile_step.json")
     res = Results(cpu, gpu)
     made = charts(res, peak, results_dir / "charts")
     targets = Targets(res, peak, tta).compute()
@@ -725,6 +779,7 @@ def write_report(results_dir: Path) -> Path:
         "Each a ratio measured side by side in one run (medians, float32). *Margin*: how far past (+) or short "
         "of (−) the threshold.", "",
         table(["target", "measured", "threshold", "", "margin", "note"], targets), "",
+        profile_section(prof),
         analysis(res, peak, fc, tta),
         ladder_section(res),
         train_section(res, tta),
@@ -737,7 +792,9 @@ def write_report(results_dir: Path) -> Path:
             parts += [f"![{title}](charts/{made[key].name})", ""]
     parts += [machine_section(peak, res), group_tables(res, peak)]
     out = results_dir / "REPORT.md"
-    out.write_text("\n".join(parts).rstrip() + "\n")
+    tmp = out.with_name(out.name + ".tmp")  # atomic: a reader never sees half a report
+    tmp.write_text("\n".join(parts).rstrip() + "\n")
+    os.replace(tmp, out)
     return out
 
 
