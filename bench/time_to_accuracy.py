@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -84,11 +85,14 @@ def main(argv=None):
     if data.name != "fashion-mnist":
         result["note"] = "Fashion-MNIST is not installed: trained on random data, the target cannot be reached"
     for name in [s.strip() for s in args.sets.split(",") if s.strip()]:
+        time.sleep(0.5)  # let the previous set's idle threads stop spinning (see bench/conftest.py)
         result["runs"][name] = run(name, threads=threads, batch=args.batch, optimizer=args.optimizer, lr=args.lr,
                                    target=args.target, max_epochs=args.max_epochs, max_seconds=args.max_seconds)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out)
     print(f"-> {out}")
 
 
