@@ -497,7 +497,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see python -m {self.prog} --help)\n")
 
 
-def _positive_int(text):
+def _whole_number(text):
     try:
         value = int(text)
     except ValueError:
@@ -534,18 +534,18 @@ def build_parser(prog="nn.train") -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="fashion-mnist (default), mnist, or csv:TRAIN[,TEST]")
     p.add_argument("--data-dir", default=None, help="folder holding the IDX files (searched first)")
     p.add_argument("--hidden", type=_hidden, default=None, help="hidden layer sizes (default 128,64)")
-    p.add_argument("--epochs", type=_positive_int, default=None, help=f"default {d.epochs}")
-    p.add_argument("--batch-size", type=_positive_int, default=None,
+    p.add_argument("--epochs", type=_whole_number, default=None, help=f"default {d.epochs}")
+    p.add_argument("--batch-size", type=_whole_number, default=None,
                    help=f"samples per step, 1 (online SGD) up to the whole set; default {d.batch_size}")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help=f"default {d.optimizer}")
     p.add_argument("--lr", type=_number, default=None,
                    help="learning rate (default: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
     p.add_argument("--weight-decay", type=_number, default=None, help="L2 penalty (default 0)")
     p.add_argument("--init", choices=("he", "xavier"), default=None, help="initial weights (default he)")
-    p.add_argument("--seed", type=_positive_int, default=None, help="weights and batch order (default 0)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="cores to use (default: all)")
+    p.add_argument("--seed", type=_whole_number, default=None, help="weights and batch order (default 0)")
+    p.add_argument("--threads", type=_whole_number, default=None, help="cores to use (default: all)")
     p.add_argument("--val-split", type=_number, default=None, help="fraction of training data held out (default 0)")
-    p.add_argument("--limit", type=_positive_int, default=None, help="train on the first N samples only")
+    p.add_argument("--limit", type=_whole_number, default=None, help="train on the first N samples only")
     p.add_argument("--out", default=None, help="run folder (default results/runs/<time>-<kernels>)")
     p.add_argument("--checkpoint", action="store_true", default=None,
                    help="write <out>/checkpoint.npz after every epoch (one is always written at the end)")
