@@ -77,6 +77,10 @@ class NumpyArrays:
     def copy_into(self, dst, src):
         dst[...] = src
 
+    def take_rows(self, x, idx, out):
+        """out[...] = x[idx] along the first axis, into preallocated ``out``."""
+        np.take(x, idx, axis=0, out=out)
+
 
 class TorchArrays:
     """torch.Tensor as the native array of a set, on one device."""
@@ -90,6 +94,7 @@ class TorchArrays:
         self.device = torch.device(device)
         self._to_numpy_dtype = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
         self._to_torch_dtype = {v: k for k, v in self._to_numpy_dtype.items()}
+        self._to_torch_dtype[np.dtype(np.int64)] = torch.int64  # labels and indices
         self._int_dtypes = {torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64}
 
     def is_native(self, x) -> bool:
@@ -153,3 +158,6 @@ class TorchArrays:
 
     def copy_into(self, dst, src):
         dst.copy_(src)
+
+    def take_rows(self, x, idx, out):
+        self.torch.index_select(x, 0, idx, out=out)

@@ -23,6 +23,8 @@ The backend protocol (every argument already checked; arrays C-contiguous)::
     linear_backward(x, w, y, grad_y, grad_x_or_None, grad_w, grad_b, relu)
     sgd_step(param, grad, velocity_or_None, lr, momentum, weight_decay)
     adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay)
+    train_steps(params, x, labels_int64, order_int64, batch, losses, opt)   # optional: fused;
+        # without it the set runs kernels/_steps.py's per_op, which composes the ops above
     set_threads(n)
 """
 
@@ -217,6 +219,89 @@ class KernelSet:
         self._backend.adam_step(p, g, m_, v_, int(step), lr, beta1, beta2, eps, weight_decay)
         self._write_back(arrays, targets)
 
+    def train_steps(self, params, x, labels, order, *, batch, lr, optimizer="sgd", momentum=0.0,
+                    velocity=None, m=None, v=None, step=0, beta1=0.9, beta2=0.999, eps=1e-8,
+                    weight_decay=0.0, out=None):
+        """Train a ReLU MLP on x[order] in batches of ``batch`` rows, in one call; the losses.
+
+        params is [w1, b1, ..., wL, bL] (w_i (n_{i-1}, n_i), b_i (n_i,)), updated in place, as
+        are the optimizer's state arrays: ``velocity`` (a list aligned with params) for SGD
+        with momentum; ``m`` and ``v`` for Adam, whose ``step`` counts the steps taken before
+        this call. Each step is exactly the per-op one (linear with ReLU on hidden layers,
+        softmax_cross_entropy, linear_backward, then sgd_step or adam_step on w1, b1, w2, ...;
+        see kernels/_steps.py); a set with a fused version runs it without leaving compiled
+        code. Returns (or writes into ``out``) the loss of every step, before its update:
+        ceil(len(order) / batch) values; the last batch may be partial.
+        """
+        op = "train_steps"
+        A = self._arrays
+        if not isinstance(params, (list, tuple)) or len(params) < 2 or len(params) % 2:
+            raise TypeError(
+                f"{op}: params must be a list [w1, b1, ..., wL, bL] of weights and biases, "
+                f"got {type(params).__name__}" + (f" of length {len(params)}" if isinstance(params, (list, tuple)) else "")
+            )
+        n_layers = len(params) // 2
+        specs = [("x", x, ("samples", "n0"))]
+        for i in range(n_layers):
+            specs.append((f"w{i + 1}", params[2 * i], (f"n{i}", f"n{i + 1}")))
+            specs.append((f"b{i + 1}", params[2 * i + 1], (f"n{i + 1}",)))
+        dtype, size = self._check(op, specs)
+        samples, classes = size["samples"], size[f"n{n_layers}"]
+        labels = self._labels(op, labels, samples, classes)
+        order = self._indices(op, order, samples)
+        if type(batch) is not int and (isinstance(batch, bool) or not isinstance(batch, numbers.Integral)):
+            raise TypeError(f"{op}: batch must be an integer (rows per step), got {batch!r}")
+        if batch < 1:
+            raise ValueError(f"{op}: batch must be at least 1, got {batch}")
+        if type(step) is not int and (isinstance(step, bool) or not isinstance(step, numbers.Integral)):
+            raise TypeError(f"{op}: step must be an integer (the steps taken before this call), got {step!r}")
+        if step < 0:
+            raise ValueError(f"{op}: step must be at least 0 (the steps taken before this call), got {step}")
+        hyper = dict(lr=self._hyper(op, "lr", lr), weight_decay=self._hyper(op, "weight_decay", weight_decay))
+        names = [spec[0] for spec in specs[1:]]
+        in_place = list(zip(names, params))
+        if optimizer == "sgd":
+            hyper["momentum"] = self._hyper(op, "momentum", momentum)
+            if m is not None or v is not None:
+                raise ValueError(f"{op}: m and v are Adam's state; optimizer='sgd' takes velocity= only")
+            if hyper["momentum"] != 0.0 and velocity is None:
+                raise ValueError(f"{op}: momentum={momentum} needs velocity= (a list of zeros shaped like params)")
+            state = None
+            if hyper["momentum"] != 0.0:
+                state = self._state_list(op, "velocity", velocity, params)
+                in_place += [(f"velocity[{j}]", a) for j, a in enumerate(state)]
+        elif optimizer == "adam":
+            hyper.update(beta1=self._hyper(op, "beta1", beta1, below_one=True),
+                         beta2=self._hyper(op, "beta2", beta2, below_one=True), eps=self._hyper(op, "eps", eps))
+            if velocity is not None:
+                raise ValueError(f"{op}: velocity is SGD's state; optimizer='adam' takes m= and v=")
+            if m is None or v is None:
+                raise ValueError(f"{op}: optimizer='adam' needs m= and v= (lists of zeros shaped like params)")
+            state = (self._state_list(op, "m", m, params), self._state_list(op, "v", v, params))
+            in_place += [(f"m[{j}]", a) for j, a in enumerate(state[0])]
+            in_place += [(f"v[{j}]", a) for j, a in enumerate(state[1])]
+        else:
+            raise ValueError(f"{op}: optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+        for j, (name, a) in enumerate(in_place):
+            if not A.is_c_contiguous(a):
+                raise ValueError(f"{op}: {name} is updated in place and must be C-contiguous (np.ascontiguousarray)")
+            if not A.writeable(a):
+                raise ValueError(f"{op}: {name} is updated in place and must be writeable")
+            for other_name, other in in_place[:j]:
+                if A.overlaps(a, other):
+                    raise ValueError(f"{op}: {other_name} and {name} share memory; each must be its own array")
+        from ._steps import Optimizer, n_steps, per_op
+
+        losses = self._out(op, "out", out, (n_steps(int(order.shape[0]), batch),), dtype)
+        opt = Optimizer(kind=optimizer, step=int(step), state=state, **hyper)
+        self._sync_threads()
+        fused = getattr(self._backend, "train_steps", None)
+        if fused is not None:
+            fused(list(params), self._c(x), labels, order, int(batch), losses, opt)
+        else:
+            per_op(self._backend, A, list(params), self._c(x), labels, order, int(batch), losses, opt)
+        return self._finish(out, losses)
+
     # ------------------------------------------------------------------ checks
 
     def _float(self, op, name, x, dims, any_ndim=False):
@@ -319,6 +404,35 @@ class KernelSet:
                 f"found {lo if lo < 0 else hi}"
             )
         return labels
+
+    def _indices(self, op, order, samples):
+        """``order``: a non-empty 1-D native integer array of row indices in [0, samples)."""
+        A = self._arrays
+        if not A.is_native(order) or not A.is_integer(order):
+            what = A.dtype(order) if A.is_native(order) else type(order).__name__
+            raise TypeError(f"{op}: order must be a {A.type_name} of integer row indices, got {what}")
+        if not A.on_device(order):
+            raise ValueError(f"{op}: order is on {order.device} but this set computes on {A.device}")
+        if order.ndim != 1 or _shape(order)[0] == 0:
+            raise ValueError(f"{op}: order must be a non-empty 1-D array of row indices, got shape {_shape(order)}")
+        order = A.labels(order)
+        if not A.in_range(order, samples):
+            lo, hi = A.min_max(order)
+            raise ValueError(f"{op}: order must index rows of x, in [0, {samples}), found {lo if lo < 0 else hi}")
+        return order
+
+    def _state_list(self, op, name, arrays, params):
+        """An optimizer state list: one array per parameter, of its shape and dtype."""
+        if not isinstance(arrays, (list, tuple)) or len(arrays) != len(params):
+            raise TypeError(f"{op}: {name} must be a list of {len(params)} arrays, one per parameter")
+        dtype = self._arrays.dtype(params[0])
+        for j, (a, p) in enumerate(zip(arrays, params)):
+            got = self._float(op, f"{name}[{j}]", a, (), any_ndim=True)
+            if got != dtype:
+                raise TypeError(f"{op}: {name}[{j}] is {got} but the parameters are {dtype}")
+            if _shape(a) != _shape(p):
+                raise ValueError(f"{op}: {name}[{j}] has shape {_shape(a)} but its parameter has shape {_shape(p)}")
+        return list(arrays)
 
     def _out(self, op, name, out, shape, dtype, inputs=(), elementwise=False):
         """The array a kernel writes: ``out`` itself when it can be, else a scratch array."""
