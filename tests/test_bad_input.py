@@ -90,6 +90,61 @@ def test_bad_input_is_rejected_with_a_clear_error(ks, call, error, words):
         assert word in message, f"{word!r} not in error message: {message}"
 
 
+def mlp(ks, sizes=(4, 3, 2), dtype=f32):
+    """[w1, b1, ...] of ones for a ReLU MLP of ``sizes``, as native arrays."""
+    params = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        params += [arr(ks, (fan_in, fan_out), dtype), arr(ks, (fan_out,), dtype)]
+    return params
+
+
+def steps(ks, params=None, x=None, y=None, order=None, **kwargs):
+    """ks.train_steps on a valid 5-sample problem, with any argument replaced."""
+    kwargs.setdefault("batch", 2)
+    kwargs.setdefault("lr", 0.1)
+    return ks.train_steps(mlp(ks) if params is None else params, arr(ks, (5, 4)) if x is None else x,
+                          labels(ks, [0, 1, 0, 1, 1]) if y is None else y,
+                          labels(ks, [4, 3, 2, 1, 0]) if order is None else order, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "call, error, words",
+    [
+        (lambda ks: steps(ks, params=mlp(ks)[:3]), TypeError, ["params", "[w1, b1", "length 3"]),
+        (lambda ks: steps(ks, params=tuple(mlp(ks)[:0])), TypeError, ["params"]),
+        (lambda ks: steps(ks, params=mlp(ks)[:2] + mlp(ks, (4, 2))[:2]), ValueError, ["w2", "n1=4", "w1 has n1=3"]),
+        (lambda ks: steps(ks, x=arr(ks, (5, 3))), ValueError, ["w1", "n0=4", "x"]),
+        (lambda ks: steps(ks, params=mlp(ks, dtype=np.float64)), TypeError, ["x", "w1", "dtype"]),
+        (lambda ks: steps(ks, y=labels(ks, [0, 1, 2, 0, 1])), ValueError, ["labels", "[0, 2)", "2"]),
+        (lambda ks: steps(ks, y=labels(ks, [0, 1])), ValueError, ["labels", "(5,)"]),
+        (lambda ks: steps(ks, order=labels(ks, [0, 5])), ValueError, ["order", "[0, 5)", "5"]),
+        (lambda ks: steps(ks, order=labels(ks, [-1, 2])), ValueError, ["order", "-1"]),
+        (lambda ks: steps(ks, order=labels(ks, [0.0, 1.0])), TypeError, ["order", "integer"]),
+        (lambda ks: steps(ks, order=labels(ks, np.zeros(0, int))), ValueError, ["order", "non-empty"]),
+        (lambda ks: steps(ks, order=[0, 1]), TypeError, ["order", "list"]),
+        (lambda ks: steps(ks, batch=0), ValueError, ["batch", "at least 1"]),
+        (lambda ks: steps(ks, batch=2.0), TypeError, ["batch", "integer"]),
+        (lambda ks: steps(ks, optimizer="rmsprop"), ValueError, ["optimizer", "'sgd' or 'adam'"]),
+        (lambda ks: steps(ks, momentum=0.9), ValueError, ["momentum", "velocity="]),
+        (lambda ks: steps(ks, optimizer="adam"), ValueError, ["adam", "m=", "v="]),
+        (lambda ks: steps(ks, optimizer="adam", m=mlp(ks), v=mlp(ks)[:2]), TypeError, ["v", "list of 4"]),
+        (lambda ks: steps(ks, optimizer="adam", m=mlp(ks), v=mlp(ks, (4, 3, 3))), ValueError, ["v[2]", "shape"]),
+        (lambda ks: steps(ks, momentum=0.9, velocity=mlp(ks, dtype=np.float64)), TypeError, ["velocity[0]", "float32"]),
+        (lambda ks: steps(ks, step=-1), ValueError, ["step", "at least 0"]),
+        (lambda ks: steps(ks, lr=-1.0), ValueError, ["lr"]),
+        (lambda ks: (lambda p: steps(ks, params=p, momentum=0.9, velocity=p))(mlp(ks)), ValueError, ["share memory"]),
+        (lambda ks: steps(ks, params=[arr(ks, (4, 6))[:, ::2]] + mlp(ks)[1:]), ValueError, ["w1", "C-contiguous"]),
+        (lambda ks: steps(ks, out=arr(ks, (2,))), ValueError, ["out", "(3,)"]),
+    ],
+)
+def test_train_steps_bad_input(ks, call, error, words):
+    with pytest.raises(error) as info:
+        call(ks)
+    message = str(info.value)
+    for word in words:
+        assert word in message, f"{word!r} not in error message: {message}"
+
+
 def test_read_only_out_is_rejected():
     ks = kernels.get("numpy")
     out = np.zeros((2, 2), f32)
