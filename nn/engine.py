@@ -2,14 +2,22 @@
 
 Both engines (KernelEngine here, TorchEngine in nn.torch_reference) have the same face:
 
-    engine.epoch(order, start_batch=0)  -> iterator of per-step losses (Python floats)
+    engine.epoch(order, start_batch=0, max_steps=None)
+                                        -> iterator of NumPy arrays of per-step losses, each
+                                           array a run of consecutive steps
     engine.evaluate(name)               -> (mean loss, predicted classes as NumPy int64)
     engine.state()                      -> (params, optimizer state) as NumPy dicts
     engine.load(params, optim)          -> restore them (checkpoints are interchangeable)
 
 ``order`` is a permutation of the training samples (NumPy int64) drawn by the loop, so every
-engine sees the same batches. For benchmarks, ``KernelEngine.step(idx)`` runs one gather and
-one training step on the samples ``idx`` (a native index array from ``batches.order``).
+engine sees the same batches. The loop may only stop (Ctrl-C, a checkpoint) between the arrays
+``epoch`` yields: their last step is the one the parameters are at.
+
+KernelEngine trains an epoch with the set's ``train_steps``: one call per ``steps_per_call``
+steps, which the compiled sets run without leaving compiled code (the other sets compose their
+ops, kernels/_steps.py). ``KernelEngine.step(idx)`` is the same step op by op, through
+``nn.model.MLP``: one gather and one training step on the samples ``idx`` (a native index array
+from ``batches.order``), what the per-step benchmarks time.
 """
 
 from __future__ import annotations
@@ -23,10 +31,14 @@ class KernelEngine:
     """The MLP trained by a kernel set: every op of the step is one of ``ks``'s."""
 
     def __init__(self, ks, sizes, params, *, optimizer="adam", lr=1e-3, weight_decay=0.0,
-                 momentum=0.9, batch_size=64, train=None, eval_sets=None, eval_batch=1000):
+                 momentum=0.9, batch_size=64, train=None, eval_sets=None, eval_batch=1000,
+                 samples_per_call=4096):
         # train: (x float32 (N, in), y int64 (N,)) NumPy; eval_sets: {name: (x, y)} NumPy
         self.ks = ks
         self.batch_size = int(batch_size)
+        # a train_steps call covers about samples_per_call samples: its checks are paid once
+        # per call, and Ctrl-C waits at most one call (tens of milliseconds)
+        self.steps_per_call = max(1, samples_per_call // self.batch_size)
         self.model = MLP(ks, sizes, params)
         self.opt = Optimizer(ks, self.model.params, optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum)
         self.batches = Batches(ks, *train) if train is not None else None
@@ -42,11 +54,21 @@ class KernelEngine:
         self.batches.gather(idx, buf)
         return float(self.model.train_step(buf, self.opt))
 
-    def epoch(self, order: np.ndarray, start_batch: int = 0):
+    def epoch(self, order: np.ndarray, start_batch: int = 0, max_steps: int | None = None):
+        """The epoch's steps from batch ``start_batch`` on (at most ``max_steps`` of them): one
+        ks.train_steps call per ``steps_per_call`` steps, each yielding its losses (float64)."""
+        ks, b = self.ks, self.batch_size
         idx = self.batches.order(order)
-        b, n = self.batch_size, len(order)
-        for start in range(start_batch * b, n, b):
-            yield self.step(idx[start:start + b])
+        start, end = start_batch * b, len(order)
+        if max_steps is not None:
+            end = min(end, start + max_steps * b)
+        while start < end:
+            part = idx[start:min(start + self.steps_per_call * b, end)]
+            losses = ks.train_steps(self.model.params, self.batches.x, self.batches.y, part, batch=b,
+                                    **self.opt.train_steps_args())
+            self.opt.step_count += int(losses.shape[0])
+            start += int(part.shape[0])
+            yield ks.to_numpy(losses).astype(np.float64)
 
     def evaluate(self, name: str) -> tuple[float, np.ndarray]:
         """(mean cross-entropy, predictions) of the current weights on eval set ``name``."""

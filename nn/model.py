@@ -89,6 +89,16 @@ class Optimizer:
             else:
                 ks.sgd_step(p, g, lr=self.lr, weight_decay=self.weight_decay)
 
+    def train_steps_args(self) -> dict:
+        """This optimizer as ks.train_steps' keyword arguments (its state arrays, updated there)."""
+        args = dict(lr=self.lr, weight_decay=self.weight_decay)
+        if self.kind == "adam":
+            return dict(args, optimizer="adam", m=self.state["m"], v=self.state["v"], step=self.step_count,
+                        beta1=self.beta1, beta2=self.beta2, eps=self.eps)
+        if self.kind == "momentum":
+            return dict(args, optimizer="sgd", momentum=self.momentum, velocity=self.state["velocity"])
+        return dict(args, optimizer="sgd")
+
     # state as NumPy, for checkpoints
     def state_dict(self) -> dict[str, np.ndarray]:
         out = {"step_count": np.asarray(self.step_count, np.int64)}

@@ -112,13 +112,15 @@ class TorchEngine:
 
     # ------------------------------------------------------------------ the engine face
 
-    def epoch(self, order: np.ndarray, start_batch: int = 0):
+    def epoch(self, order: np.ndarray, start_batch: int = 0, max_steps: int | None = None):
+        """The epoch's batches from ``start_batch`` on, one step each; yields each loss as a
+        one-element array (the engine face: arrays of consecutive steps' losses)."""
         b = self.batch_size
         batches = [order[s:s + b].tolist() for s in range(start_batch * b, len(order), b)]
-        loader = DataLoader(self.train_set, batch_sampler=batches)
+        loader = DataLoader(self.train_set, batch_sampler=batches[:max_steps])
         self.model.train()
         for xb, yb in loader:
-            yield self.train_step(xb.to(self.device), yb.to(self.device)).item()
+            yield np.array([self.train_step(xb.to(self.device), yb.to(self.device)).item()])
 
     def train_step(self, xb, yb):
         """One step on a batch already on the device: xb (B, 1, 28, 28) or (B, 784), yb (B,).

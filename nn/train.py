@@ -216,8 +216,9 @@ def environment(cfg: Config) -> dict:
 
 
 class _InterruptFlag:
-    """Ctrl-C sets a flag that the loop reads between steps, so the checkpoint it then writes
-    is of a whole step, never of parameters half updated. A second Ctrl-C exits at once."""
+    """Ctrl-C sets a flag that the loop reads between the engine's runs of steps (a run is
+    tens of milliseconds), so the checkpoint it then writes is of whole steps, never of
+    parameters half updated. A second Ctrl-C exits at once."""
 
     def __init__(self):
         self.set = False
@@ -254,7 +255,7 @@ def setup(cfg: Config) -> SimpleNamespace:
 
         run = setup(Config(kernels="numba", threads=2, batch_size=64))
         order = run.rng.permutation(len(run.train_idx))     # epoch 1's order, as train() draws it
-        run.engine.epoch(order)                             # iterator: one loss per step
+        run.engine.epoch(order)                             # iterator: arrays of per-step losses
         run.engine.step(run.engine.batches.order(order[:64]))   # one step (KernelEngine)
 
     Fields: cfg (checked), ks (None for torch-autograd), data, sizes, params0 (NumPy initial
@@ -353,26 +354,29 @@ def train(cfg: Config) -> dict:
                        unit="batch", disable=cfg.quiet, leave=False, dynamic_ncols=True)
             b = start_batch
             t0 = time.perf_counter()
-            for loss in engine.epoch(order, start_batch):
-                if not math.isfinite(loss):
+            limit = None if cfg.interrupt_after_steps is None else cfg.interrupt_after_steps - steps_this_run
+            for losses in engine.epoch(order, start_batch, max_steps=limit):
+                bad = np.flatnonzero(~np.isfinite(losses))
+                if bad.size:
                     bar.close()
                     kept = (f"the last good checkpoint, {ckpt_path}, is kept" if ckpt_path.exists()
                             else "no checkpoint was written (use --checkpoint to keep one per epoch)")
                     metrics["status"] = "diverged"
                     _write_metrics(out, metrics)
                     raise TrainingDiverged(
-                        f"the loss became {loss} at epoch {epoch + 1}, batch {b + 1}; training stopped "
-                        f"(try a smaller --lr than {cfg.lr:g}); {kept}"
+                        f"the loss became {losses[bad[0]]} at epoch {epoch + 1}, batch {b + bad[0] + 1}; training "
+                        f"stopped (try a smaller --lr than {cfg.lr:g}); {kept}"
                     )
-                running["loss_sum"] += loss
-                running["steps"] += 1
-                b += 1
-                steps_this_run += 1
-                bar.update(1)
-                if b % 50 == 0 or b == n_batches:
-                    done = min(b * batch, n) - min(start_batch * batch, n)
-                    bar.set_postfix(loss=f"{running['loss_sum'] / running['steps']:.4f}",
-                                    samples_s=f"{done / max(time.perf_counter() - t0, 1e-9):,.0f}", refresh=False)
+                running["loss_sum"] += float(losses.sum())
+                running["steps"] += len(losses)
+                b += len(losses)
+                steps_this_run += len(losses)
+                bar.update(len(losses))
+                done = min(b * batch, n) - min(start_batch * batch, n)
+                bar.set_postfix(loss=f"{running['loss_sum'] / running['steps']:.4f}",
+                                samples_s=f"{done / max(time.perf_counter() - t0, 1e-9):,.0f}", refresh=False)
+                # the parameters are those after the last step of `losses`: a checkpoint here
+                # resumes exactly
                 if interrupt.set or steps_this_run == cfg.interrupt_after_steps:
                     bar.close()
                     running_now = dict(running, seconds=running["seconds"] + time.perf_counter() - t0)

@@ -192,10 +192,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(small_mnist, tmp_path
     real_epoch = KernelEngine.epoch
     calls = {"epochs": 0}
 
-    def epoch_with_nan(self, order, start_batch=0):
+    def epoch_with_nan(self, order, start_batch=0, max_steps=None):
         calls["epochs"] += 1
-        for i, loss in enumerate(real_epoch(self, order, start_batch)):
-            yield float("nan") if calls["epochs"] == 2 and i == 3 else loss
+        steps = 0
+        for losses in real_epoch(self, order, start_batch, max_steps):
+            if calls["epochs"] == 2 and steps <= 3 < steps + len(losses):
+                losses = losses.copy()
+                losses[3 - steps] = float("nan")
+            steps += len(losses)
+            yield losses
 
     monkeypatch.setattr(KernelEngine, "epoch", epoch_with_nan)
     with pytest.raises(TrainingDiverged) as info:
@@ -222,9 +227,14 @@ def test_steady_state_steps_reuse_their_buffers(name):
     engine = KernelEngine(kernels.get(name, threads=1), sizes, init_params(sizes, "he", rng), train=(x, y),
                           batch_size=32)
     params = [id(p) for p in engine.model.params]
-    list(engine.epoch(rng.permutation(100)))                  # sizes 32, 32, 32, 4: two buffer sets
+
+    def per_op_epoch():  # the op-by-op step (nn.model.MLP), batch by batch: 32, 32, 32, 4
+        idx = engine.batches.order(rng.permutation(100))
+        return [engine.step(idx[start:start + 32]) for start in range(0, 100, 32)]
+
+    per_op_epoch()                                              # two buffer sets: 32 and 4 rows
     buffers = {b: [id(a) for a in (buf.x, buf.y, *buf.acts, *buf.grad_acts)] for b, buf in engine.model._buffers.items()}
-    losses = list(engine.epoch(rng.permutation(100)))
+    losses = per_op_epoch()
     assert sorted(engine.model._buffers) == [4, 32]
     for b, buf in engine.model._buffers.items():
         assert [id(a) for a in (buf.x, buf.y, *buf.acts, *buf.grad_acts)] == buffers[b]
