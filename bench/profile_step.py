@@ -13,7 +13,12 @@ benchmarks run them) are timed in alternating runs, medians of five:
    their split is free of this shared machine's run-to-run noise (+-30% between runs).
 
 ``rest`` = total - kernels - front: the trainer's own Python (nn/model.py's loops over layers
-and parameters) and the batch gather. A timer costs ~0.1 us a call, which lands in the layer
+and parameters) and the batch gather.
+
+3. train_steps: the same steps in one ``ks.train_steps`` call, as an epoch runs them ->
+   ``train_steps_us`` a step. numba and cython run the whole loop in compiled code; the other
+   sets compose their kernels without the front's per-op checks (kernels/_steps.py).
+ A timer costs ~0.1 us a call, which lands in the layer
 it wraps. This is a profile by subtraction, not a sampling profiler: it says how much of a
 step each layer costs, which is what the end-to-end targets turn on.
 """
@@ -80,6 +85,15 @@ def _steps(engine, order, batch, n_steps):
     return time.perf_counter() - t0
 
 
+def _train_steps(ks, engine, order, batch, n_steps):
+    """The same n_steps steps as one ks.train_steps call; seconds taken."""
+    b = engine.batches
+    part = order[:n_steps * batch]
+    t0 = time.perf_counter()
+    ks.train_steps(engine.model.params, b.x, b.y, part, batch=batch, lr=engine.opt.lr)
+    return time.perf_counter() - t0
+
+
 def profile(set_name: str, batch: int, threads: int, n_steps: int, repeats: int = 5) -> dict:
     import kernels
     from bench.train_common import make_engine
@@ -89,11 +103,13 @@ def profile(set_name: str, batch: int, threads: int, n_steps: int, repeats: int 
     rng = np.random.default_rng(0)
     order = engine.batches.order(rng.permutation(60000))
     _steps(engine, order, batch, min(n_steps, 50))  # warm up: compile, allocate buffers
+    _train_steps(ks, engine, order, batch, min(n_steps, 50))
 
-    totals, kernel_us, front_us, calls = [], [], [], 0
+    totals, kernel_us, front_us, fused_us, calls = [], [], [], [], 0
     backend = ks._backend
     for _ in range(repeats):
         totals.append(_steps(engine, order, batch, n_steps) * 1e6 / n_steps)
+        fused_us.append(_train_steps(ks, engine, order, batch, n_steps) * 1e6 / n_steps)
         # Both layers timed in one run, so their difference is free of run-to-run noise.
         k_acc, op_acc = _Acc(), _Acc()
         ks._backend = _TimedBackend(backend, k_acc)
@@ -109,13 +125,14 @@ def profile(set_name: str, batch: int, threads: int, n_steps: int, repeats: int 
         front_us.append((op_acc.ns - k_acc.ns) / 1e3 / n_steps)
         calls = op_acc.calls / n_steps
 
-    total, kern, front = (statistics.median(v) for v in (totals, kernel_us, front_us))
+    total, kern, front, fused = (statistics.median(v) for v in (totals, kernel_us, front_us, fused_us))
     return {
         "set": set_name, "batch": batch, "threads": threads, "steps": n_steps, "repeats": repeats,
         "ops_per_step": calls,
         "total_us": total, "kernels_us": kern, "front_us": front,
         "rest_us": max(total - kern - front, 0.0),
         "samples_per_s": batch * 1e6 / total,
+        "train_steps_us": fused,
     }
 
 
@@ -153,7 +170,8 @@ def main(argv=None) -> int:
                 row = profile(name, batch, threads, n_steps)
                 rows.append(row)
                 print(f"{name:8s} b{batch:<4d} {row['total_us']:9.1f} us/step: kernels {row['kernels_us']:8.1f}, "
-                      f"front {row['front_us']:6.1f} ({row['ops_per_step']:.0f} ops), rest {row['rest_us']:6.1f}",
+                      f"front {row['front_us']:6.1f} ({row['ops_per_step']:.0f} ops), rest {row['rest_us']:6.1f}; "
+                      f"train_steps {row['train_steps_us']:8.1f} us/step",
                       flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
