@@ -79,3 +79,33 @@ def test_missing_extension_gives_a_hint(monkeypatch):
     with pytest.raises(ImportError) as info:
         _import.load("no_such_extension")
     assert "pip install -e ." in info.value.kernels_hint
+
+
+def test_scratch_is_not_shared_between_python_threads():
+    """Kernels take the module's scratch buffer under the GIL and run without it: callers in
+    several Python threads at once must each get their own (small and packed products)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    backend = kernels.backend_module("cython")
+    backend.set_threads(2)
+    rng = np.random.default_rng(2)
+    cases = []
+    for m, k, n in [(64, 300, 130), (300, 700, 520), (9, 33, 10)]:
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        w = rng.standard_normal((k, n)).astype(np.float32)
+        y = np.maximum(x @ w, 0)
+        gy = rng.standard_normal((m, n)).astype(np.float32)
+        cases.append((x, w, y, gy))
+
+    def run(case):
+        x, w, y, gy = case
+        out = (np.empty_like(x), np.empty_like(w), np.empty(w.shape[1], np.float32))
+        backend.linear_backward(x, w, y, gy, *out, True)
+        return out
+
+    want = [run(case) for case in cases]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(5):
+            for got, expected in zip(pool.map(run, cases * 4), want * 4):
+                for g, e in zip(got, expected):
+                    np.testing.assert_array_equal(g, e)

@@ -31,6 +31,8 @@ Design note (after scikit-learn's ``_loss.pyx``; the matmul after bluss's matrix
   ``num_threads`` set from it, one parallel loop per loop nest (matmul: over row blocks of
   LOOP 3 or runs of tiles, handed out dynamically; elementwise ops: over equal chunks), and
   only when the work pays for waking threads (PAR_MIN_FLOPS, PAR_MIN_ELEMS).
+* No allocation per call: packing buffers and the like come from one scratch buffer kept
+  between calls (``scratch_take`` / ``scratch_give``), handed out under the GIL.
 """
 
 from cython.parallel cimport prange, threadid
@@ -121,6 +123,55 @@ cdef inline int threads_for(double work, double min_work, Py_ssize_t max_parts) 
     if nt > max_parts:
         nt = <int>max_parts
     return nt if nt > 0 else 1
+
+
+# ====================================================================================== scratch
+#
+# Packing buffers and the backward's masked gradient need scratch memory on every call.
+# Allocating it per call is slow: glibc serves a large request with a fresh mmap, so each call
+# paid page faults and zeroing (an epoch at batch 128 ran at ~155K samples/s instead of
+# ~220K). One buffer is kept instead and only grows. Kernels run without the GIL and may be
+# called from several Python threads, so it is handed out under the GIL: a def function
+# takes it before ``with nogil`` (the slot is then empty, and a second caller meanwhile gets
+# a buffer of its own) and gives it back after. A kernel carves its buffers out of it, each
+# starting on a cache line; a parallel region gives every thread a slice of its own.
+
+cdef struct Scratch:
+    char *data
+    size_t nbytes
+
+cdef Scratch _spare                 # the buffer no call holds now ({NULL, 0} when one does)
+
+
+cdef Scratch scratch_take(size_t nbytes) except *:
+    """At least nbytes of 64-byte aligned memory: the spare buffer, grown if too small."""
+    global _spare
+    cdef Scratch s = _spare
+    _spare.data = NULL
+    _spare.nbytes = 0
+    if s.nbytes < nbytes:
+        kernels_free(s.data)
+        s.data = <char *>kernels_alloc(nbytes)
+        s.nbytes = nbytes if s.data != NULL else 0
+        if s.data == NULL:
+            raise MemoryError(f"cannot allocate {nbytes} bytes of scratch memory")
+    return s
+
+
+cdef void scratch_give(Scratch s) noexcept:
+    """Back into the spare slot; when another caller has put one there, keep the larger."""
+    global _spare
+    if s.nbytes < _spare.nbytes:
+        kernels_free(s.data)
+    else:
+        kernels_free(_spare.data)
+        _spare = s
+
+
+cdef inline Py_ssize_t lines(Py_ssize_t n, size_t itemsize) noexcept nogil:
+    """n elements rounded up to whole 64-byte lines, so the next buffer carved starts on one."""
+    cdef Py_ssize_t per_line = 64 // itemsize
+    return (n + per_line - 1) // per_line * per_line
 
 
 # ====================================================================================== matmul
@@ -251,31 +302,17 @@ cdef void macro_kernel(const floating *ap, const floating *bp, floating *c, Py_s
                            bias + jr if bias != NULL else NULL, relu)
 
 
-cdef void gemm_packed(const floating *a, Py_ssize_t lda, bint trans_a,
-                      const floating *b, Py_ssize_t ldb, bint trans_b,
-                      floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                      const floating *bias, bint relu, int nthreads) noexcept nogil:
-    """BLIS: the five loops around the micro-kernel, threads over LOOP 3 (blocks of rows)."""
-    cdef Py_ssize_t MR, NR, KC, MC, NC
-    if floating is float:
-        MR = MR_F32
-        NR = NR_F32
-        KC = KC_F32
-        MC = MC_F32
-        NC = NC_F32
-    else:
-        MR = MR_F64
-        NR = NR_F64
-        KC = KC_F64
-        MC = MC_F64
-        NC = NC_F64
-    cdef Py_ssize_t jc, jc_i, nc, pc, pc_i, kc, ib, ic, mc, jp, n_bpanels, n_blocks
-    cdef bint first, last
-    cdef int nt, tid
-    cdef floating *bp
-    cdef floating *ap_all
-    cdef floating *ap
-    cdef Py_ssize_t kcap, ncap, mcap
+cdef Py_ssize_t packed_blocks(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int nthreads,
+                              size_t itemsize, Py_ssize_t *b_size,
+                              Py_ssize_t *a_size) noexcept nogil:
+    """gemm_packed's row block height (returned) and scratch: b_size elements for the packed
+    B block, then a_size for each thread's packed A block, sized to this product (a small
+    one must not pay for KC x NC). a_size holds MC rows, whatever the thread count: a caller
+    sizing the scratch for nthreads threads covers a run on fewer (whose blocks are taller)."""
+    cdef bint f32 = itemsize == 4
+    cdef Py_ssize_t MR = MR_F32 if f32 else MR_F64, NR = NR_F32 if f32 else NR_F64
+    cdef Py_ssize_t KC = KC_F32 if f32 else KC_F64, MC = MC_F32 if f32 else MC_F64
+    cdef Py_ssize_t NC = NC_F32 if f32 else NC_F64
     # Row blocks: MC rows each, but at least BLOCKS_PER_THREAD per thread when m allows, handed
     # out dynamically: on a shared 2-core box one thread is often slowed down, and a static
     # split would leave the other waiting at the barrier.
@@ -287,14 +324,42 @@ cdef void gemm_packed(const floating *a, Py_ssize_t lda, bint trans_a,
             mcb = MC
         if mcb < MIN_BLOCK_ROWS:
             mcb = MIN_BLOCK_ROWS
+    cdef Py_ssize_t kcap = KC if k > KC else k
+    cdef Py_ssize_t ncap = ((NC if n > NC else n) + NR - 1) // NR * NR
+    cdef Py_ssize_t mcap = ((MC if m > MC else m) + MR - 1) // MR * MR    # mcb <= MC
+    b_size[0] = lines(kcap * ncap, itemsize)
+    a_size[0] = lines(kcap * mcap, itemsize)
+    return mcb
+
+
+cdef void gemm_packed(const floating *a, Py_ssize_t lda, bint trans_a,
+                      const floating *b, Py_ssize_t ldb, bint trans_b,
+                      floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                      const floating *bias, bint relu, floating *ws, int nthreads) noexcept nogil:
+    """BLIS: the five loops around the micro-kernel, threads over LOOP 3 (blocks of rows).
+
+    ws: gemm_scratch(m, n, k, trans_b, nthreads) elements."""
+    cdef Py_ssize_t MR, NR, KC, NC
+    if floating is float:
+        MR = MR_F32
+        NR = NR_F32
+        KC = KC_F32
+        NC = NC_F32
+    else:
+        MR = MR_F64
+        NR = NR_F64
+        KC = KC_F64
+        NC = NC_F64
+    cdef Py_ssize_t jc, jc_i, nc, pc, pc_i, kc, ib, ic, mc, jp, n_bpanels, n_blocks
+    cdef bint first, last
+    cdef int nt, tid
+    cdef floating *ap
+    cdef Py_ssize_t b_size, a_size
+    cdef Py_ssize_t mcb = packed_blocks(m, n, k, nthreads, sizeof(floating), &b_size, &a_size)
+    cdef floating *bp = ws
+    cdef floating *ap_all = ws + b_size             # then one A block per thread
     n_blocks = (m + mcb - 1) // mcb
     nt = nthreads if nthreads < n_blocks else <int>n_blocks
-    # Packing buffers sized to this product (a small one must not pay for KC x NC).
-    kcap = KC if k > KC else k
-    ncap = ((NC if n > NC else n) + NR - 1) // NR * NR
-    mcap = ((mcb if m > mcb else m) + MR - 1) // MR * MR
-    bp = <floating *>kernels_alloc(kcap * ncap * sizeof(floating))
-    ap_all = <floating *>kernels_alloc(nt * kcap * mcap * sizeof(floating))
     for jc_i in range((n + NC - 1) // NC):                          # LOOP 5: split n into NC parts
         jc = jc_i * NC
         nc = NC if n - jc >= NC else n - jc
@@ -314,12 +379,10 @@ cdef void gemm_packed(const floating *a, Py_ssize_t lda, bint trans_a,
                 ic = ib * mcb                           # LOOP 3: split m into MC parts; pack A
                 mc = mcb if m - ic >= mcb else m - ic
                 tid = threadid()
-                ap = ap_all + tid * kcap * mcap
+                ap = ap_all + tid * a_size
                 pack(a, lda, trans_a, ic, mc, pc, kc, MR, ap)
                 macro_kernel(ap, bp, c + ic * ldc + jc, ldc, mc, nc, kc, not first,
                              bias + jc if (last and bias != NULL) else NULL, last and relu)
-    kernels_free(bp)
-    kernels_free(ap_all)
 
 
 cdef void direct_tiles(const floating *a, Py_ssize_t lda, bint trans_a,
@@ -388,14 +451,28 @@ cdef void direct_tiles(const floating *a, Py_ssize_t lda, bint trans_a,
                 rows = rows // 2
 
 
+cdef Py_ssize_t direct_panels(Py_ssize_t n, Py_ssize_t k, bint trans_b,
+                              size_t itemsize) noexcept nogil:
+    """gemm_direct's scratch for op(B)'s full column strips packed (0 unless trans_b); the
+    packed last, partial strip follows, NR * k + NR elements at most (direct_edge)."""
+    cdef Py_ssize_t NR = NR_F32 if itemsize == 4 else NR_F64
+    return lines((n // NR * NR + NR) * k, itemsize) if trans_b else 0
+
+
+cdef inline Py_ssize_t direct_edge(Py_ssize_t n, Py_ssize_t k, size_t itemsize) noexcept nogil:
+    cdef Py_ssize_t NR = NR_F32 if itemsize == 4 else NR_F64
+    # + NR: the row kernels read NR columns from rows nre wide (the extra ones discarded)
+    return lines(NR * k + NR, itemsize) if n % NR else 0
+
+
 cdef void gemm_direct(const floating *a, Py_ssize_t lda, bint trans_a,
                       const floating *b, Py_ssize_t ldb, bint trans_b,
                       floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                      const floating *bias, bint relu, int nthreads) noexcept nogil:
+                      const floating *bias, bint relu, floating *ws, int nthreads) noexcept nogil:
     """The small-size path: no blocking, no packing of A; the micro-kernels over whole k.
 
     op(B) is read in place when it is row-major (trans_b False); a transposed B is packed once
-    (k x n, the size of the weights at most). Threads split the list of tiles.
+    (k x n, the size of the weights at most), into ws. Threads split the list of tiles.
     """
     cdef Py_ssize_t MR, NR
     if floating is float:
@@ -412,17 +489,17 @@ cdef void gemm_direct(const floating *a, Py_ssize_t lda, bint trans_a,
     last_n = n // NR * NR                              # where the partial strip starts
     if trans_b:
         # Packed micro-panels, k x NR each, for the full strips: read with rsb = NR.
-        b_packed = <floating *>kernels_alloc((last_n + NR) * k * sizeof(floating))
+        b_packed = ws
         pack(b, ldb, False, 0, last_n, 0, k, NR, b_packed)
         bsrc, rsb, bstep = b_packed, NR, NR * k
     else:
         rsb, bstep = ldb, NR
     if n % NR:
         nre = NR // 2 if n % NR <= NR // 2 else NR
-        # + NR: the row kernels read NR columns from rows nre wide (the extra ones discarded)
-        b_edge = <floating *>kernels_alloc((nre * k + NR) * sizeof(floating))
+        b_edge = ws + direct_panels(n, k, trans_b, sizeof(floating))
         pack(b, ldb, not trans_b, last_n, n - last_n, 0, k, nre, b_edge)
-    nthreads = threads_for(2.0 * m * n * k, PAR_MIN_FLOPS, n_tiles)
+    nthreads = threads_for(2.0 * m * n * k, PAR_MIN_FLOPS,
+                           n_tiles if n_tiles < nthreads else nthreads)
     if nthreads == 1:
         direct_tiles(a, lda, trans_a, bsrc, rsb, bstep, b_edge, nre, c, ldc, m, n, k, bias,
                      relu, 0, n_tiles)
@@ -434,23 +511,35 @@ cdef void gemm_direct(const floating *a, Py_ssize_t lda, bint trans_a,
         for part in prange(n_parts, num_threads=nthreads, schedule="dynamic"):
             direct_tiles(a, lda, trans_a, bsrc, rsb, bstep, b_edge, nre, c, ldc, m, n, k,
                          bias, relu, part * per, min((part + 1) * per, n_tiles))
-    if b_edge != NULL:
-        kernels_free(b_edge)
-    if b_packed != NULL:
-        kernels_free(b_packed)
+
+
+cdef inline bint is_small(Py_ssize_t n, Py_ssize_t k, size_t itemsize) noexcept nogil:
+    """gemm's choice: the small-size path while op(B) fits in half of L2."""
+    return <size_t>(k * n) * itemsize <= DIRECT_MAX_B_BYTES
+
+
+cdef Py_ssize_t gemm_scratch(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, bint trans_b,
+                             int nthreads, size_t itemsize) noexcept nogil:
+    """Elements of scratch that gemm (or gemm_packed) needs for this product on nthreads."""
+    cdef Py_ssize_t b_size, a_size
+    if is_small(n, k, itemsize):
+        return direct_panels(n, k, trans_b, itemsize) + direct_edge(n, k, itemsize)
+    packed_blocks(m, n, k, nthreads, itemsize, &b_size, &a_size)
+    return b_size + nthreads * a_size
 
 
 cdef void gemm(const floating *a, Py_ssize_t lda, bint trans_a,
                const floating *b, Py_ssize_t ldb, bint trans_b,
                floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-               const floating *bias, bint relu) noexcept nogil:
-    """The matmul every op uses: the small-size path while op(B) fits in half of L2, else BLIS."""
-    cdef int nt
-    if <size_t>(k * n) * sizeof(floating) <= DIRECT_MAX_B_BYTES:
-        gemm_direct(a, lda, trans_a, b, ldb, trans_b, c, ldc, m, n, k, bias, relu, _threads)
+               const floating *bias, bint relu, floating *ws, int nthreads) noexcept nogil:
+    """The matmul every op uses: the small-size path while op(B) fits in half of L2, else BLIS.
+
+    At most nthreads threads; ws: gemm_scratch(m, n, k, trans_b, nthreads) elements."""
+    if is_small(n, k, sizeof(floating)):
+        gemm_direct(a, lda, trans_a, b, ldb, trans_b, c, ldc, m, n, k, bias, relu, ws, nthreads)
     else:
-        nt = threads_for(2.0 * m * n * k, PAR_MIN_FLOPS, _threads)
-        gemm_packed(a, lda, trans_a, b, ldb, trans_b, c, ldc, m, n, k, bias, relu, nt)
+        gemm_packed(a, lda, trans_a, b, ldb, trans_b, c, ldc, m, n, k, bias, relu, ws,
+                    threads_for(2.0 * m * n * k, PAR_MIN_FLOPS, nthreads))
 
 
 cdef void gemm_blocked(const floating *a, Py_ssize_t lda, bint trans_a,
@@ -491,22 +580,33 @@ cdef int MATMUL_AUTO = 0, MATMUL_BLOCKED = 1, MATMUL_PACKED = 2, MATMUL_THREADED
 
 
 cdef void _matmul(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] out,
-                  bint trans_a, bint trans_b, int variant) noexcept:
+                  bint trans_a, bint trans_b, int variant):
     # a (m, k) or (k, m) with trans_a; b (k, n) or (n, k) with trans_b; out (m, n)
     cdef Py_ssize_t m = out.shape[0], n = out.shape[1]
     cdef Py_ssize_t k = a.shape[0] if trans_a else a.shape[1]
-    cdef Py_ssize_t lda = a.shape[1], ldb = b.shape[1]
+    cdef Py_ssize_t lda = a.shape[1], ldb = b.shape[1], size = 0, b_size, a_size
+    cdef int nt = _threads              # read once: the scratch is sized for it
+    if variant == MATMUL_PACKED:
+        nt = 1
+    elif variant == MATMUL_THREADED:
+        nt = threads_for(2.0 * m * n * k, PAR_MIN_FLOPS, nt)
+    if variant == MATMUL_AUTO:
+        size = gemm_scratch(m, n, k, trans_b, nt, sizeof(floating))
+    elif variant != MATMUL_BLOCKED:
+        packed_blocks(m, n, k, nt, sizeof(floating), &b_size, &a_size)
+        size = b_size + nt * a_size
+    cdef Scratch ws = scratch_take(size * sizeof(floating))
+    cdef floating *w = <floating *>ws.data
     with nogil:
         if variant == MATMUL_AUTO:
-            gemm(&a[0, 0], lda, trans_a, &b[0, 0], ldb, trans_b, &out[0, 0], n, m, n, k, NULL, False)
+            gemm(&a[0, 0], lda, trans_a, &b[0, 0], ldb, trans_b, &out[0, 0], n, m, n, k, NULL, False,
+                 w, nt)
         elif variant == MATMUL_BLOCKED:
             gemm_blocked(&a[0, 0], lda, trans_a, &b[0, 0], ldb, trans_b, &out[0, 0], n, m, n, k)
-        elif variant == MATMUL_PACKED:
-            gemm_packed(&a[0, 0], lda, trans_a, &b[0, 0], ldb, trans_b, &out[0, 0], n, m, n, k,
-                        NULL, False, 1)
         else:
             gemm_packed(&a[0, 0], lda, trans_a, &b[0, 0], ldb, trans_b, &out[0, 0], n, m, n, k,
-                        NULL, False, threads_for(2.0 * m * n * k, PAR_MIN_FLOPS, _threads))
+                        NULL, False, w, nt)
+    scratch_give(ws)
 
 
 def matmul(a, b, out, bint trans_a, bint trans_b):
@@ -676,13 +776,17 @@ def softmax_cross_entropy(logits, labels, grad):
 # ====================================================================================== linear
 
 cdef void _linear(const floating[:, ::1] x, const floating[:, ::1] w, const floating[::1] b,
-                  floating[:, ::1] out, bint relu) noexcept:
+                  floating[:, ::1] out, bint relu):
     # x (B, in), w (in, out), b (out,), out (B, out): out = x @ w + b, ReLU'd when relu; the
     # bias and the ReLU run in the micro-kernel's epilogue, on the tile still in registers.
     cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], n_out = w.shape[1]
+    cdef int nt = _threads
+    cdef Scratch ws = scratch_take(
+        gemm_scratch(batch, n_out, n_in, False, nt, sizeof(floating)) * sizeof(floating))
     with nogil:
         gemm(&x[0, 0], n_in, False, &w[0, 0], n_out, False, &out[0, 0], n_out,
-             batch, n_out, n_in, &b[0], relu)
+             batch, n_out, n_in, &b[0], relu, <floating *>ws.data, nt)
+    scratch_give(ws)
 
 
 def linear(x, w, b, out, bint relu):
@@ -720,26 +824,30 @@ cdef void mask_and_bias_grad(const floating *y, const floating *grad_y, floating
 cdef void _linear_backward(const floating[:, ::1] x, const floating[:, ::1] w,
                            const floating[:, ::1] y, const floating[:, ::1] grad_y,
                            floating *grad_x, floating[:, ::1] grad_w,
-                           floating[::1] grad_b, bint relu) noexcept:
+                           floating[::1] grad_b, bint relu):
     # x (B, in), w (in, out), y and grad_y (B, out); grad_x (B, in) or NULL, grad_w (in, out),
     # grad_b (out,). Forward: y = relu(x @ w + b). With g = grad_y * (y > 0) (or grad_y):
     #   dw = x^T g  (B is k: trans_a absorbed by packing x),  db = sum_rows g,
     #   dx = g w^T  (trans_b absorbed by packing w).
     cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], n_out = w.shape[1]
-    cdef floating *g = NULL
+    cdef int nt = _threads
+    # Scratch: g (when relu), then what the larger of the two products needs.
+    cdef Py_ssize_t g_size = lines(batch * n_out, sizeof(floating)) if relu else 0
+    cdef Py_ssize_t gemm_size = max(gemm_scratch(n_in, n_out, batch, False, nt, sizeof(floating)),
+                                    gemm_scratch(batch, n_in, n_out, True, nt, sizeof(floating)))
+    cdef Scratch ws = scratch_take((g_size + gemm_size) * sizeof(floating))
+    cdef floating *g = <floating *>ws.data
     cdef const floating *gsrc = &grad_y[0, 0]
+    if relu:
+        gsrc = g
     with nogil:
-        if relu:
-            g = <floating *>kernels_alloc(batch * n_out * sizeof(floating))
-            gsrc = g
         mask_and_bias_grad(&y[0, 0], &grad_y[0, 0], g, &grad_b[0], batch, n_out, relu)
         gemm(&x[0, 0], n_in, True, gsrc, n_out, False, &grad_w[0, 0], n_out,
-             n_in, n_out, batch, NULL, False)
+             n_in, n_out, batch, NULL, False, g + g_size, nt)
         if grad_x != NULL:
             gemm(gsrc, n_out, False, &w[0, 0], n_out, True, grad_x, n_in,
-                 batch, n_in, n_out, NULL, False)
-        if g != NULL:
-            kernels_free(g)
+                 batch, n_in, n_out, NULL, False, g + g_size, nt)
+    scratch_give(ws)
 
 
 cdef floating *_ptr(floating[:, ::1] a) noexcept:
