@@ -40,8 +40,11 @@ Design note
   taken only above a size threshold.
 * Specialisations: one per dtype. Jitted entry points take only C-contiguous arrays, Python
   bools and floats; constants are never passed as literals between jitted functions (a
-  literal False compiles a second copy of the callee). Thin Python wrappers exist only where
-  the protocol passes None (linear_backward's grad_x, sgd's velocity) or the thread count.
+  literal False compiles a second copy of the callee): they go through ``_runtime``. Thin
+  Python wrappers exist only where the protocol passes None (linear_backward's grad_x, sgd's
+  velocity), the thread count, or scratch memory.
+* No allocation per call: packing buffers and other scratch come from arrays that persist
+  between calls and only grow (``_scratch_for``), passed down by the Python wrappers.
 * Kernels receive checked, C-contiguous arrays (kernels/_front.py); no bounds checks. Loss,
   softmax row sums and bias gradients accumulate in float64.
 """
@@ -108,6 +111,17 @@ def _blocking(c):  # (MR, NR, KC, MC, NC) for c's dtype, as compile-time constan
 def _blocking_impl(c):
     consts = BLOCKING[c.dtype.bitwidth // 8]
     return lambda c: consts
+
+
+def _runtime(x):  # x, typed as a run-time value, for constant arguments of jitted calls
+    return x
+
+
+@overload(_runtime)
+def _runtime_impl(x):
+    # A constant argument (True, 0) is typed as a literal, and Numba compiles the callee once
+    # more for each literal it is called with; passed through here it is a plain bool or int.
+    return lambda x: x
 
 
 # ---------------------------------------------------------------- matmul: the micro-kernel
@@ -327,10 +341,12 @@ def _store_tile(tile, c, i0, j0, mr, nr, first, last, bias, relu):
 
 
 @njit(cache=True, fastmath=True)
-def _gemm_range(a, b, c, trans_a, trans_b, bias, relu, i_lo, i_hi, j_lo, j_hi, pack):
+def _gemm_range(a, b, c, trans_a, trans_b, bias, relu, i_lo, i_hi, j_lo, j_hi, pack, work):
     # c[i_lo:i_hi, j_lo:j_hi] = op(a) @ op(b) (+ bias) (then ReLU), on one thread.
     # a is (m, k) or (k, m) with trans_a; b is (k, n) or (n, k) with trans_b; c is (m, n);
     # bias is (n,) or empty. pack=False reads A and a non-transposed B in place (small sizes).
+    # work (flat, c's dtype) holds the packed A block, the packed B panel and the tile: at
+    # least _gemm_work_size(m, n, k) elements (see there).
     mr_, nr_, kc_, mc_, nc_ = _blocking(c)
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
@@ -338,11 +354,11 @@ def _gemm_range(a, b, c, trans_a, trans_b, bias, relu, i_lo, i_hi, j_lo, j_hi, p
     bf = b.reshape(b.size)
     direct_b = not pack and not trans_b
     kc_max = min(kc_, k)
-    # one allocation for the packed A block, the packed B panel and the tile
     a_len = min(mc_, i_hi - i_lo + mr_) * kc_max
     b_len = min(nc_, j_hi - j_lo + nr_) * kc_max
-    work = np.empty(a_len + b_len + mr_ * nr_, c.dtype)
-    ap, bp, tile = work[:a_len], work[a_len:a_len + b_len], work[a_len + b_len:]
+    if work.size < a_len + b_len + mr_ * nr_:
+        raise ValueError("_gemm_range: work is too small")
+    ap, bp, tile = work[:a_len], work[a_len:a_len + b_len], work[a_len + b_len:a_len + b_len + mr_ * nr_]
     half_nr = nr_ // 2
     # LOOP 5: split n into nc parts
     for jc in range(j_lo, j_hi, nc_):
@@ -394,37 +410,71 @@ def _gemm_range(a, b, c, trans_a, trans_b, bias, relu, i_lo, i_hi, j_lo, j_hi, p
 
 
 @njit(cache=True, parallel=True)
-def _gemm_threads(a, b, c, trans_a, trans_b, bias, relu, tasks, pack):
+def _gemm_threads(a, b, c, trans_a, trans_b, bias, relu, tasks, pack, work):
     # c = op(a) @ op(b) (+ bias) (ReLU) as `tasks` tasks, one per thread, each on its own rows
     # of c (or columns, when c is wide): the one parallel loop, over the outermost split.
+    # Each task packs into its own 1/tasks of work.
     mr_, nr_, _, _, _ = _blocking(c)
     m, n = c.shape
     by_rows = m * nr_ >= n * mr_   # split the longer side, counted in micro-tiles
     size = m if by_rows else n
     unit = mr_ if by_rows else nr_
     step = ((size + tasks - 1) // tasks + unit - 1) // unit * unit
+    share = work.size // tasks
+    zero = _runtime(0)
     for t in prange(tasks):
         lo = min(size, t * step)
         hi = min(size, lo + step)
+        mine = work[t * share:(t + 1) * share]
         if lo < hi:
             if by_rows:
-                _gemm_range(a, b, c, trans_a, trans_b, bias, relu, lo, hi, 0, n, pack)
+                _gemm_range(a, b, c, trans_a, trans_b, bias, relu, lo, hi, zero, n, pack, mine)
             else:
-                _gemm_range(a, b, c, trans_a, trans_b, bias, relu, 0, m, lo, hi, pack)
+                _gemm_range(a, b, c, trans_a, trans_b, bias, relu, zero, m, lo, hi, pack, mine)
 
 
 @njit(cache=True)
-def _gemm(a, b, c, trans_a, trans_b, bias, relu, threads):
+def _gemm(a, b, c, trans_a, trans_b, bias, relu, threads, work):
     # c = op(a) @ op(b) (+ bias unless empty) (ReLU if relu): the set's one matmul entry point.
-    # Picks packing and the thread count from the problem's size.
+    # Picks packing and the thread count from the problem's size. work: see _gemm_work_size.
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
     fmas = m * n * k
     if threads == 1 or fmas < PARALLEL_MIN_FMAS:
         pack = trans_b or fmas >= PACK_MIN_FMAS
-        _gemm_range(a, b, c, trans_a, trans_b, bias, relu, 0, m, 0, n, pack)
+        zero = _runtime(0)
+        _gemm_range(a, b, c, trans_a, trans_b, bias, relu, zero, m, zero, n, pack, work)
     else:
-        _gemm_threads(a, b, c, trans_a, trans_b, bias, relu, threads, True)
+        _gemm_threads(a, b, c, trans_a, trans_b, bias, relu, threads, _runtime(True), work)
+
+
+# ---------------------------------------------------------------- scratch memory
+#
+# The packing buffers (and linear_backward's masked gradient) come from flat arrays that
+# persist between calls and only grow. Allocating them per call cost more than the work at
+# small sizes: a large np.empty is an mmap, so every call paid its page faults and zeroing
+# (an epoch at batch 128 ran at half the speed with glibc's mmap threshold at 128 KiB). The
+# Python wrappers grow them and pass them down. The jitted code holds the GIL (no nogil), so
+# one scratch array per use is race-free; each matmul task gets its own slice of it.
+
+_scratch = {}   # (use, dtype) -> flat array
+
+
+def _scratch_for(use, dtype, size):
+    # A flat array of at least size elements, reused from the last call when large enough
+    a = _scratch.get((use, dtype))
+    if a is None or a.size < size:
+        a = _scratch[use, dtype] = np.empty(size, dtype)
+    return a
+
+
+def _gemm_work_size(dtype, m, n, k, tasks):
+    # Elements of work that _gemm needs for an (m, n) = (m, k) @ (k, n) product on up to
+    # `tasks` tasks: per task, the packed A block, the packed B panel and one tile, each sized
+    # for the whole problem (a bound on what any task's rows or columns need).
+    mr, nr, kc, mc, nc = BLOCKING[dtype.itemsize]
+    kc = min(kc, k)
+    return tasks * ((min(mc, m + mr) + min(nc, n + nr)) * kc + mr * nr)
 
 
 # The thread count set_threads last applied, passed down to the jitted code (Numba's
@@ -437,7 +487,9 @@ _NO_BIAS = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64):
 
 def matmul(a, b, out, trans_a, trans_b):
     # a (m, k) or (k, m) with trans_a; b (k, n) or (n, k) with trans_b; out (m, n)
-    _gemm(a, b, out, trans_a, trans_b, _NO_BIAS[out.dtype], False, _threads[0])
+    (m, n), k, threads = out.shape, a.shape[0 if trans_a else 1], _threads[0]
+    work = _scratch_for("work", out.dtype, _gemm_work_size(out.dtype, m, n, k, threads))
+    _gemm(a, b, out, trans_a, trans_b, _NO_BIAS[out.dtype], False, threads, work)
 
 
 # ---------------------------------------------------------------- matmul: the ladder
@@ -475,13 +527,16 @@ def _matmul_blocked(a, b, out, trans_a, trans_b):
 
 def _matmul_packed(a, b, out, trans_a, trans_b):
     # Rung 3: both operands packed, the register-blocked micro-kernel, one thread
-    m, n = out.shape
-    _gemm_range(a, b, out, trans_a, trans_b, _NO_BIAS[out.dtype], False, 0, m, 0, n, True)
+    (m, n), k = out.shape, a.shape[0 if trans_a else 1]
+    work = _scratch_for("work", out.dtype, _gemm_work_size(out.dtype, m, n, k, 1))
+    _gemm_range(a, b, out, trans_a, trans_b, _NO_BIAS[out.dtype], False, 0, m, 0, n, True, work)
 
 
 def _matmul_threaded(a, b, out, trans_a, trans_b):
     # Rung 4: rung 3 on every thread (Numba's current count), each on its own rows or columns
-    _gemm_threads(a, b, out, trans_a, trans_b, _NO_BIAS[out.dtype], False, get_num_threads(), True)
+    (m, n), k, tasks = out.shape, a.shape[0 if trans_a else 1], get_num_threads()
+    work = _scratch_for("work", out.dtype, _gemm_work_size(out.dtype, m, n, k, tasks))
+    _gemm_threads(a, b, out, trans_a, trans_b, _NO_BIAS[out.dtype], False, tasks, True, work)
 
 
 # The matmul at each optimisation step, for the benchmarks: {step: callable(a, b, out, trans_a,
@@ -611,16 +666,18 @@ def softmax_cross_entropy(logits, labels, grad):
 def linear(x, w, b, out, relu):
     # x (B, in), w (in, out), b (out,), out (B, out): out = x @ w + b (then max(., 0) if relu),
     # bias and ReLU applied in the matmul's epilogue while each tile is in L1
-    _gemm(x, w, out, False, False, b, relu, _threads[0])
+    (batch, n_in), n_out, threads = x.shape, w.shape[1], _threads[0]
+    work = _scratch_for("work", out.dtype, _gemm_work_size(out.dtype, batch, n_out, n_in, threads))
+    _gemm(x, w, out, False, False, b, relu, threads, work)
 
 
 @njit(cache=True, fastmath=True)
-def _bias_grad(grad_y, y, grad_b, relu):
-    # grad_y, y (B, out), grad_b (out,). Returns g = grad_y * (y > 0) if relu (else grad_y
-    # itself) and writes grad_b = sum over rows of g, in one pass over grad_y.
+def _bias_grad(grad_y, y, grad_b, relu, g, sums):
+    # grad_y, y, g (B, out), grad_b (out,), sums (>= out,) float64 scratch. Writes
+    # g = grad_y * (y > 0) if relu (g may be grad_y itself) and grad_b = sum over rows of g,
+    # in one pass over grad_y; returns g, or grad_y when not relu (g is then untouched).
     batch, n_out = grad_y.shape
-    sums = np.zeros(n_out, np.float64)
-    g = np.empty_like(grad_y) if relu else grad_y
+    sums[:n_out] = 0
     for i in range(batch):
         if relu:
             for j in range(n_out):
@@ -632,18 +689,38 @@ def _bias_grad(grad_y, y, grad_b, relu):
                 sums[j] += grad_y[i, j]
     for j in range(n_out):
         grad_b[j] = sums[j]
-    return g
+    return g if relu else grad_y
+
+
+@njit(cache=True)
+def _linear_backward(x, w, y, grad_y, grad_x, grad_w, grad_b, relu, need_grad_x, g, sums, threads, work):
+    # linear_backward, with its scratch: g (B, out) for the masked gradient, sums (>= out,)
+    # float64, work for the matmuls. grad_x is written only when need_grad_x.
+    g = _bias_grad(grad_y, y, grad_b, relu, g, sums)     # gradient at the pre-activation, and db
+    no_bias, yes, no = grad_b[:0], _runtime(True), _runtime(False)
+    # y = x @ w + b  ->  grad_w = x^T g    (the transpose absorbed by packing A)
+    _gemm(x, g, grad_w, yes, no, no_bias, no, threads, work)
+    #                   grad_x = g w^T    (the transpose absorbed by packing B)
+    if need_grad_x:
+        _gemm(g, w, grad_x, no, yes, no_bias, no, threads, work)
+
+
+def _backward_work_size(dtype, batch, n_in, n_out, threads):
+    # work for _linear_backward's two matmuls (they run one after the other)
+    return max(_gemm_work_size(dtype, n_in, n_out, batch, threads),
+               _gemm_work_size(dtype, batch, n_in, n_out, threads))
 
 
 def linear_backward(x, w, y, grad_y, grad_x, grad_w, grad_b, relu):
     # x (B, in), w (in, out), y and grad_y (B, out); grad_x (B, in), grad_w (in, out), grad_b (out,)
-    g = _bias_grad(grad_y, y, grad_b, relu)            # gradient at the pre-activation, and db
-    no_bias, threads = _NO_BIAS[g.dtype], _threads[0]
-    # y = x @ w + b  ->  grad_w = x^T g    (the transpose absorbed by packing A)
-    _gemm(x, g, grad_w, True, False, no_bias, False, threads)
-    #                   grad_x = g w^T    (the transpose absorbed by packing B)
-    if grad_x is not None:
-        _gemm(g, w, grad_x, False, True, no_bias, False, threads)
+    (batch, n_in), n_out, dtype, threads = x.shape, w.shape[1], x.dtype, _threads[0]
+    # one scratch array: g (the masked gradient, when relu) then the matmuls' packing buffers
+    g_size = batch * n_out if relu else 0
+    scratch = _scratch_for("work", dtype, g_size + _backward_work_size(dtype, batch, n_in, n_out, threads))
+    g = scratch[:g_size].reshape(batch, n_out) if relu else grad_y
+    sums = _scratch_for("sums", np.dtype(np.float64), n_out)
+    _linear_backward(x, w, y, grad_y, grad_w if grad_x is None else grad_x, grad_w, grad_b, relu,
+                     grad_x is not None, g, sums, threads, scratch[g_size:])
 
 
 # ---------------------------------------------------------------- optimizers

@@ -49,12 +49,15 @@ def test_matmul_both_paths_and_thread_splits(dtype, threads):
     for m, k, n in [(700, 33, 40), (40, 33, 700), (100, 300, 70)]:
         a, b = _rand(rng, (m, k), dtype), _rand(rng, (k, n), dtype)
         want = a.astype(np.float64) @ b
+        # scratch of exactly the size asked for (and NaN filled), so that a task reading or
+        # writing past its share would show
+        work = np.full(numba_set._gemm_work_size(np.dtype(dtype), m, n, k, threads), np.nan, dtype)
         for pack in (False, True):
             out = np.full((m, n), np.nan, dtype)
-            numba_set._gemm_range(a, b, out, False, False, no_bias, False, 0, m, 0, n, pack)
+            numba_set._gemm_range(a, b, out, False, False, no_bias, False, 0, m, 0, n, pack, work)
             assert_close(out, want, dtype, scale=4 * np.sqrt(k), what=f"range pack={pack}")
             out = np.full((m, n), np.nan, dtype)
-            numba_set._gemm_threads(a, b, out, False, False, no_bias, False, threads, pack)
+            numba_set._gemm_threads(a, b, out, False, False, no_bias, False, threads, pack, work)
             assert_close(out, want, dtype, scale=4 * np.sqrt(k), what=f"threads={threads} pack={pack}")
 
 
