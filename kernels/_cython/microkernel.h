@@ -62,6 +62,7 @@
 #define PAR_MIN_ELEMS (1L << 16)           /* elementwise ops go parallel from 64 Ki elements */
 #define BLOCKS_PER_THREAD 4                /* matmul work items per thread, handed out dynamically */
 #define MIN_BLOCK_ROWS 64                  /* ... but no row block (LOOP 3) under 64 rows */
+#define UPDATE_CHUNK_BYTES (16 * 1024)     /* train_steps: a chunk of dW, in L1 for the update */
 
 /* Blocked (ladder step 2): cache blocks of plain loops, no packing, no micro-kernel. */
 #define BLOCKED_NB 256                     /* C / B columns per block: a 1 KiB row of C in L1 */
@@ -80,6 +81,12 @@ static inline void *kernels_alloc(size_t bytes)
 }
 static inline void kernels_free(void *p) { free(p); }
 
+/* The tile loops below must be unrolled before GCC's scalar replacement pass, or the
+ * accumulator array stays in memory: zeroed on the stack, kept in registers only inside the
+ * k loop, and stored back for the epilogue, which at kc = 1 (a batch of 1) doubles a tile's
+ * cost. GCC unrolls the other tile loops in time by itself. */
+#define UNROLL _Pragma("GCC unroll 8")
+
 /* UKR(T, V, VL, MR, NR): defines ukr_<T>_strided, the MR x NR micro-kernel
  *
  *     C[0:MR, 0:NR] = (accumulate ? C : 0) + sum_{p < kc} A(:, p) B(p, :)   (+ bias) (ReLU)
@@ -97,17 +104,17 @@ NAME##_strided(long kc, const T *restrict a, long rsa, long csa,                
                int accumulate, const T *restrict bias, int relu)                          \
 {                                                                                         \
     V acc[KU][MR][NR / VL];                                                               \
-    for (int u = 0; u < KU; ++u)                                                          \
-        for (int i = 0; i < MR; ++i)                                                      \
+    UNROLL for (int u = 0; u < KU; ++u)                                                          \
+        UNROLL for (int i = 0; i < MR; ++i)                                                      \
             for (int v = 0; v < NR / VL; ++v)                                             \
                 acc[u][i][v] = (V){0};                                                    \
     long p = 0;                                                                           \
     for (; p + KU <= kc; p += KU)                                                         \
-        for (int u = 0; u < KU; ++u) {                                                    \
+        UNROLL for (int u = 0; u < KU; ++u) {                                                    \
             V brow[NR / VL];                                                              \
             for (int v = 0; v < NR / VL; ++v)                                             \
                 brow[v] = *(const V *)(b + (p + u) * rsb + v * VL);                       \
-            for (int i = 0; i < MR; ++i) {                                                \
+            UNROLL for (int i = 0; i < MR; ++i) {                                                \
                 T aip = a[i * rsa + (p + u) * csa];                                       \
                 for (int v = 0; v < NR / VL; ++v)                                         \
                     acc[u][i][v] += aip * brow[v];                                        \
@@ -117,25 +124,34 @@ NAME##_strided(long kc, const T *restrict a, long rsa, long csa,                
         V brow[NR / VL];                                                                  \
         for (int v = 0; v < NR / VL; ++v)                                                 \
             brow[v] = *(const V *)(b + p * rsb + v * VL);                                 \
-        for (int i = 0; i < MR; ++i) {                                                    \
+        UNROLL for (int i = 0; i < MR; ++i) {                                                    \
             T aip = a[i * rsa + p * csa];                                                 \
             for (int v = 0; v < NR / VL; ++v)                                             \
                 acc[0][i][v] += aip * brow[v];                                            \
         }                                                                                 \
     }                                                                                     \
-    for (int u = 1; u < KU; ++u)                                                          \
-        for (int i = 0; i < MR; ++i)                                                      \
+    UNROLL for (int u = 1; u < KU; ++u)                                                          \
+        UNROLL for (int i = 0; i < MR; ++i)                                                      \
             for (int v = 0; v < NR / VL; ++v)                                             \
                 acc[0][i][v] += acc[u][i][v];                                             \
-    for (int i = 0; i < MR; ++i)                                                          \
-        for (int v = 0; v < NR / VL; ++v) {                                               \
-            V r = acc[0][i][v];                                                              \
-            V *cp = (V *)(c + i * ldc + v * VL);                                          \
-            if (accumulate) r += *cp;                                                     \
-            if (bias) r += *(const V *)(bias + v * VL);                                   \
-            if (relu) r = (V)((VI)r & (VI)(r > 0));                                       \
-            *cp = r;                                                                      \
-        }                                                                                 \
+    /* The epilogue, one branch per step for the whole tile: with the branches inside the \
+     * element loop GCC spilled all 16 accumulators to the stack to share them between     \
+     * paths, which doubled the cost of a tile at small kc (a batch of 1's dW = x^T g). */ \
+    if (accumulate)                                                                       \
+        UNROLL for (int i = 0; i < MR; ++i)                                                      \
+            for (int v = 0; v < NR / VL; ++v)                                             \
+                acc[0][i][v] += *(const V *)(c + i * ldc + v * VL);                       \
+    if (bias)                                                                             \
+        UNROLL for (int i = 0; i < MR; ++i)                                                      \
+            for (int v = 0; v < NR / VL; ++v)                                             \
+                acc[0][i][v] += *(const V *)(bias + v * VL);                              \
+    if (relu)                                                                             \
+        UNROLL for (int i = 0; i < MR; ++i)                                                      \
+            for (int v = 0; v < NR / VL; ++v)                                             \
+                acc[0][i][v] = (V)((VI)acc[0][i][v] & (VI)(acc[0][i][v] > 0));            \
+    UNROLL for (int i = 0; i < MR; ++i)                                                          \
+        for (int v = 0; v < NR / VL; ++v)                                                 \
+            *(V *)(c + i * ldc + v * VL) = acc[0][i][v];                                  \
 }                                                                                         \
 /* A and B packed by fast.pyx's pack(): A micro-panel kc x MR, B micro-panel kc x NR. */  \
 static __attribute__((unused)) void NAME##_packed(long kc, const T *restrict a, const T *restrict b,         \
