@@ -109,3 +109,98 @@ def test_scratch_is_not_shared_between_python_threads():
             for got, expected in zip(pool.map(run, cases * 4), want * 4):
                 for g, e in zip(got, expected):
                     np.testing.assert_array_equal(g, e)
+
+
+# ---------------------------------------------------------------------------- fused train_steps
+
+
+def _steps_problem(sizes, dtype, samples, seed, misaligned=False):
+    """Parameters, data and an order for a train_steps call. misaligned: every parameter a view
+    16 bytes past a 64-byte line, as NumPy's large arrays are (the fused loop copies those)."""
+    rng = np.random.default_rng(seed)
+    params = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        params += [(rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(dtype),
+                   (0.1 * rng.standard_normal(n_out)).astype(dtype)]
+    if misaligned:
+        params = [_at_offset(p, 16) for p in params]
+    x = rng.standard_normal((60, sizes[0])).astype(dtype)
+    labels = rng.integers(0, sizes[-1], 60).astype(np.int64)
+    order = rng.integers(0, 60, samples).astype(np.int64)
+    return params, x, labels, order
+
+
+def _at_offset(a, offset):
+    """A C-contiguous copy of a whose data starts ``offset`` bytes past a 64-byte boundary."""
+    raw = np.empty(a.nbytes + 128, np.uint8)
+    start = (-raw.ctypes.data) % 64 + offset
+    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def _run_steps(fused, problem, batch, kind, momentum, weight_decay, step):
+    from kernels._steps import Optimizer, n_steps, per_op
+
+    backend = kernels.backend_module("cython")
+    params, x, labels, order = problem
+    params = [_at_offset(p, p.ctypes.data % 64) for p in params]  # fresh, same alignment
+    if kind == "adam":
+        state = ([np.zeros_like(p) for p in params], [np.full_like(p, 0.01) for p in params])
+    else:
+        state = [np.full_like(p, 0.1) for p in params] if momentum else None
+    opt = Optimizer(kind, 0.05, momentum, weight_decay, 0.9, 0.99, 1e-8, step, state)
+    losses = np.full(n_steps(len(order), batch), np.nan, x.dtype)
+    if fused:
+        backend.train_steps(params, x, labels, order, batch, losses, opt)
+    else:
+        per_op(backend, kernels.get("cython")._arrays, params, x, labels, order, batch, losses, opt)
+    flat_state = [] if state is None else (state[0] + state[1] if kind == "adam" else state)
+    return params, flat_state, losses
+
+
+OPTIMIZERS = [("sgd", 0.0, 0.0, 0), ("sgd", 0.9, 1e-3, 0), ("adam", 0.0, 1e-2, 7)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sizes", [[13, 5], [30, 16, 5], [20, 33, 70, 3]])
+@pytest.mark.parametrize("kind, momentum, weight_decay, step", OPTIMIZERS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_train_steps_match_per_op(dtype, sizes, kind, momentum, weight_decay, step, threads):
+    """The fused loop runs the per-op path's kernels in the same order: the same bits, for
+    batches of 1 (the outer-product update), partial last batches, and misaligned parameters."""
+    kernels.backend_module("cython").set_threads(threads)
+    for batch, samples, misaligned in [(1, 5, False), (4, 11, True), (32, 70, False), (16, 40, True)]:
+        problem = _steps_problem(sizes, dtype, samples, seed=batch, misaligned=misaligned)
+        got = _run_steps(True, problem, batch, kind, momentum, weight_decay, step)
+        want = _run_steps(False, problem, batch, kind, momentum, weight_decay, step)
+        for g, w in zip(got[0] + got[1] + [got[2]], want[0] + want[1] + [want[2]]):
+            np.testing.assert_array_equal(g, w, err_msg=f"batch {batch} of {samples}")
+        assert np.isfinite(got[2]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind, momentum, weight_decay, step", OPTIMIZERS)
+def test_fused_train_steps_past_the_chunked_update(dtype, kind, momentum, weight_decay, step):
+    """A product too large for the chunked update (batch x n_out past half of L2) takes the
+    plain gradient and update; the partial last batch then takes the chunked one."""
+    kernels.backend_module("cython").set_threads(2)
+    batch = 450 if dtype == np.float32 else 230
+    problem = _steps_problem([20, 300, 4], dtype, batch + 50, seed=3)
+    got = _run_steps(True, problem, batch, kind, momentum, weight_decay, step)
+    want = _run_steps(False, problem, batch, kind, momentum, weight_decay, step)
+    for g, w in zip(got[0] + got[1] + [got[2]], want[0] + want[1] + [want[2]]):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_fused_train_steps_is_the_set_s_op():
+    """KernelSet.train_steps reaches the fused loop (not kernels/_steps.py's per_op)."""
+    assert kernels.backend_module("cython").train_steps is not None
+    ks = kernels.get("cython")
+    problem = _steps_problem([12, 8, 3], np.float32, 9, seed=5)
+    params, x, labels, order = problem
+    want = _run_steps(True, problem, 4, "sgd", 0.0, 0.0, 0)
+    losses = ks.train_steps(params, x, labels, order, batch=4, lr=0.05)
+    np.testing.assert_array_equal(losses, want[2])
+    for p, w in zip(params, want[0]):
+        np.testing.assert_array_equal(p, w)

@@ -33,12 +33,16 @@ Design note (after scikit-learn's ``_loss.pyx``; the matmul after bluss's matrix
   only when the work pays for waking threads (PAR_MIN_FLOPS, PAR_MIN_ELEMS).
 * No allocation per call: packing buffers and the like come from one scratch buffer kept
   between calls (``scratch_take`` / ``scratch_give``), handed out under the GIL.
+* ``train_steps`` runs kernels/_steps.py's training step many times in one call, without the
+  GIL, on these same kernels in the same order (the per-op path's results, bit for bit); a
+  weight's gradient goes straight into its update, a chunk at a time, never to memory.
 """
 
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cython.parallel cimport prange, threadid
 from libc.math cimport exp, log, sqrt, sqrtf
 from libc.stdint cimport int64_t
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 cdef extern from "microkernel.h" nogil:
     enum:
@@ -60,6 +64,7 @@ cdef extern from "microkernel.h" nogil:
         BLOCKED_KB
         BLOCKS_PER_THREAD
         MIN_BLOCK_ROWS
+        UPDATE_CHUNK_BYTES
     void *kernels_alloc(size_t nbytes)
     void kernels_free(void *p)
     void ukr_float_packed(long kc, const float *a, const float *b, float *c, long ldc,
@@ -746,25 +751,33 @@ cdef double softmax_cross_entropy_rows(const floating *z, const int64_t *labels,
     return loss
 
 
-cdef double _softmax_cross_entropy(const floating[:, ::1] logits, const int64_t[::1] labels,
-                                   floating[:, ::1] grad) noexcept:
-    # logits (B, C), labels (B,) int64, grad (B, C); returns the mean loss (accumulated in double)
-    cdef Py_ssize_t batch = logits.shape[0], classes = logits.shape[1], blk, r0
-    cdef Py_ssize_t n_blocks = (batch + SOFTMAX_BLOCK_ROWS - 1) // SOFTMAX_BLOCK_ROWS
+cdef double softmax_cross_entropy_op(const floating *z, const int64_t *labels, floating *g,
+                                     Py_ssize_t batch, Py_ssize_t classes) noexcept nogil:
+    """The op on raw pointers (z, g (batch, classes)): the mean loss, accumulated in double.
+    Threads over blocks of rows when the batch is large enough to pay for them."""
+    cdef Py_ssize_t n_blocks = (batch + SOFTMAX_BLOCK_ROWS - 1) // SOFTMAX_BLOCK_ROWS, blk, r0
     cdef double inv_batch = 1.0 / batch, loss = 0.0
     cdef int nt = threads_for(batch * classes, PAR_MIN_ELEMS // 4, n_blocks)
-    with nogil:
-        if nt == 1:
-            loss = softmax_cross_entropy_rows(&logits[0, 0], &labels[0], &grad[0, 0], batch,
-                                              classes, inv_batch)
-        else:
-            for blk in prange(n_blocks, num_threads=nt, schedule="dynamic"):
-                r0 = blk * SOFTMAX_BLOCK_ROWS
-                loss += softmax_cross_entropy_rows(
-                    &logits[r0, 0], &labels[r0], &grad[r0, 0],
-                    SOFTMAX_BLOCK_ROWS if batch - r0 >= SOFTMAX_BLOCK_ROWS else batch - r0,
-                    classes, inv_batch)
+    if nt == 1:
+        loss = softmax_cross_entropy_rows(z, labels, g, batch, classes, inv_batch)
+    else:
+        for blk in prange(n_blocks, num_threads=nt, schedule="dynamic"):
+            r0 = blk * SOFTMAX_BLOCK_ROWS
+            loss += softmax_cross_entropy_rows(
+                z + r0 * classes, labels + r0, g + r0 * classes,
+                SOFTMAX_BLOCK_ROWS if batch - r0 >= SOFTMAX_BLOCK_ROWS else batch - r0,
+                classes, inv_batch)
     return loss * inv_batch
+
+
+cdef double _softmax_cross_entropy(const floating[:, ::1] logits, const int64_t[::1] labels,
+                                   floating[:, ::1] grad) noexcept:
+    # logits (B, C), labels (B,) int64, grad (B, C); returns the mean loss
+    cdef double loss
+    with nogil:
+        loss = softmax_cross_entropy_op(&logits[0, 0], &labels[0], &grad[0, 0],
+                                        logits.shape[0], logits.shape[1])
+    return loss
 
 
 def softmax_cross_entropy(logits, labels, grad):
@@ -821,32 +834,51 @@ cdef void mask_and_bias_grad(const floating *y, const floating *grad_y, floating
                 grad_b[j] += gy[j]
 
 
+cdef Py_ssize_t linear_backward_scratch(Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out,
+                                        int nthreads, size_t itemsize) noexcept nogil:
+    """Elements of scratch linear_backward_op's two products need (they run one after the other)."""
+    return max(gemm_scratch(n_in, n_out, batch, False, nthreads, itemsize),
+               gemm_scratch(batch, n_in, n_out, True, nthreads, itemsize))
+
+
+cdef void linear_backward_op(const floating *x, const floating *w, const floating *y,
+                             const floating *grad_y, floating *g, floating *grad_x,
+                             floating *grad_w, floating *grad_b, Py_ssize_t batch,
+                             Py_ssize_t n_in, Py_ssize_t n_out, bint relu, floating *ws,
+                             int nthreads) noexcept nogil:
+    """The op on raw pointers. x (B, in), w (in, out), y and grad_y (B, out); grad_x (B, in) or
+    NULL, grad_w (in, out), grad_b (out,). Forward: y = relu(x @ w + b). With g = grad_y * (y > 0)
+    (or grad_y when not relu):
+      dw = x^T g  (B is k: trans_a absorbed by packing x),  db = sum_rows g,
+      dx = g w^T  (trans_b absorbed by packing w).
+    g (B, out) receives the masked gradient when relu: scratch, or grad_y itself (masked in
+    place). ws: linear_backward_scratch(...) elements."""
+    cdef const floating *gsrc = grad_y
+    if relu:
+        gsrc = g
+    mask_and_bias_grad(y, grad_y, g, grad_b, batch, n_out, relu)
+    gemm(x, n_in, True, gsrc, n_out, False, grad_w, n_out, n_in, n_out, batch, NULL, False,
+         ws, nthreads)
+    if grad_x != NULL:
+        gemm(gsrc, n_out, False, w, n_out, True, grad_x, n_in, batch, n_in, n_out, NULL, False,
+             ws, nthreads)
+
+
 cdef void _linear_backward(const floating[:, ::1] x, const floating[:, ::1] w,
                            const floating[:, ::1] y, const floating[:, ::1] grad_y,
                            floating *grad_x, floating[:, ::1] grad_w,
                            floating[::1] grad_b, bint relu):
-    # x (B, in), w (in, out), y and grad_y (B, out); grad_x (B, in) or NULL, grad_w (in, out),
-    # grad_b (out,). Forward: y = relu(x @ w + b). With g = grad_y * (y > 0) (or grad_y):
-    #   dw = x^T g  (B is k: trans_a absorbed by packing x),  db = sum_rows g,
-    #   dx = g w^T  (trans_b absorbed by packing w).
     cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], n_out = w.shape[1]
     cdef int nt = _threads
-    # Scratch: g (when relu), then what the larger of the two products needs.
+    # Scratch: g (when relu: grad_y is the caller's, not to be written), then the products'.
     cdef Py_ssize_t g_size = lines(batch * n_out, sizeof(floating)) if relu else 0
-    cdef Py_ssize_t gemm_size = max(gemm_scratch(n_in, n_out, batch, False, nt, sizeof(floating)),
-                                    gemm_scratch(batch, n_in, n_out, True, nt, sizeof(floating)))
-    cdef Scratch ws = scratch_take((g_size + gemm_size) * sizeof(floating))
+    cdef Scratch ws = scratch_take(
+        (g_size + linear_backward_scratch(batch, n_in, n_out, nt, sizeof(floating)))
+        * sizeof(floating))
     cdef floating *g = <floating *>ws.data
-    cdef const floating *gsrc = &grad_y[0, 0]
-    if relu:
-        gsrc = g
     with nogil:
-        mask_and_bias_grad(&y[0, 0], &grad_y[0, 0], g, &grad_b[0], batch, n_out, relu)
-        gemm(&x[0, 0], n_in, True, gsrc, n_out, False, &grad_w[0, 0], n_out,
-             n_in, n_out, batch, NULL, False, g + g_size, nt)
-        if grad_x != NULL:
-            gemm(gsrc, n_out, False, &w[0, 0], n_out, True, grad_x, n_in,
-                 batch, n_in, n_out, NULL, False, g + g_size, nt)
+        linear_backward_op(&x[0, 0], &w[0, 0], &y[0, 0], &grad_y[0, 0], g, grad_x,
+                           &grad_w[0, 0], &grad_b[0], batch, n_in, n_out, relu, g + g_size, nt)
     scratch_give(ws)
 
 
@@ -883,21 +915,27 @@ cdef inline void sgd_range(floating *param, const floating *grad, floating *velo
             param[i] -= lr * velocity[i]
 
 
+cdef void sgd_op(floating *param, const floating *grad, floating *velocity, Py_ssize_t size,
+                 double lr, double momentum, double weight_decay) noexcept nogil:
+    """The op on raw pointers: param, grad, velocity (or NULL) are (size,). torch.optim.SGD
+    (dampening 0, no Nesterov): g = grad + wd * p; v = momentum * v + g (when momentum);
+    p -= lr * (v or g). One pass, in equal chunks per thread when large enough."""
+    cdef Py_ssize_t per, part
+    cdef int nt = threads_for(size, PAR_MIN_ELEMS, size)
+    if nt == 1:
+        sgd_range(param, grad, velocity, <floating>lr, <floating>momentum,
+                  <floating>weight_decay, 0, size)
+    else:
+        per = (size + nt - 1) // nt
+        for part in prange(nt, num_threads=nt, schedule="static"):
+            sgd_range(param, grad, velocity, <floating>lr, <floating>momentum,
+                      <floating>weight_decay, part * per, min((part + 1) * per, size))
+
+
 cdef void _sgd_step(floating[::1] param, const floating[::1] grad, floating *velocity,
                     double lr, double momentum, double weight_decay) noexcept:
-    # param, grad, velocity (or NULL) are (size,). torch.optim.SGD (dampening 0, no Nesterov):
-    # g = grad + wd * p; v = momentum * v + g (when momentum); p -= lr * (v or g). One pass.
-    cdef Py_ssize_t size = param.shape[0], per, part
-    cdef int nt = threads_for(size, PAR_MIN_ELEMS, size)
     with nogil:
-        if nt == 1:
-            sgd_range(&param[0], &grad[0], velocity, <floating>lr, <floating>momentum,
-                      <floating>weight_decay, 0, size)
-        else:
-            per = (size + nt - 1) // nt
-            for part in prange(nt, num_threads=nt, schedule="static"):
-                sgd_range(&param[0], &grad[0], velocity, <floating>lr, <floating>momentum,
-                          <floating>weight_decay, part * per, min((part + 1) * per, size))
+        sgd_op(&param[0], &grad[0], velocity, param.shape[0], lr, momentum, weight_decay)
 
 
 cdef floating *_ptr1(floating[::1] a) noexcept:
@@ -932,28 +970,41 @@ cdef inline void adam_range(floating *param, const floating *grad, floating *m, 
         param[i] -= step_size * (m[i] / denom)
 
 
+cdef inline void adam_scales(long step, double lr, double beta1, double beta2,
+                             double *step_size, double *inv_bc2_sqrt) noexcept nogil:
+    """Adam's bias corrections at step t, folded into the step size and the sqrt(v) scale."""
+    step_size[0] = lr / (1.0 - beta1 ** step)
+    inv_bc2_sqrt[0] = 1.0 / sqrt(1.0 - beta2 ** step)
+
+
+cdef void adam_op(floating *param, const floating *grad, floating *m, floating *v,
+                  Py_ssize_t size, long step, double lr, double beta1, double beta2, double eps,
+                  double weight_decay) noexcept nogil:
+    """The op on raw pointers: param, grad, m, v are (size,). torch.optim.Adam (L2 decay, not
+    AdamW), one fused pass: g = grad + wd * p; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+    p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)."""
+    cdef Py_ssize_t per, part
+    cdef double step_size, inv_bc2_sqrt
+    adam_scales(step, lr, beta1, beta2, &step_size, &inv_bc2_sqrt)
+    cdef int nt = threads_for(size, PAR_MIN_ELEMS // 4, size)
+    if nt == 1:
+        adam_range(param, grad, m, v, <floating>step_size, <floating>inv_bc2_sqrt,
+                   <floating>beta1, <floating>beta2, <floating>eps, <floating>weight_decay,
+                   0, size)
+    else:
+        per = (size + nt - 1) // nt
+        for part in prange(nt, num_threads=nt, schedule="static"):
+            adam_range(param, grad, m, v, <floating>step_size, <floating>inv_bc2_sqrt,
+                       <floating>beta1, <floating>beta2, <floating>eps, <floating>weight_decay,
+                       part * per, min((part + 1) * per, size))
+
+
 cdef void _adam_step(floating[::1] param, const floating[::1] grad, floating[::1] m,
                      floating[::1] v, long step, double lr, double beta1, double beta2,
                      double eps, double weight_decay) noexcept:
-    # param, grad, m, v are (size,). torch.optim.Adam (L2 decay, not AdamW), one fused pass:
-    # g = grad + wd * p; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
-    # p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
-    cdef Py_ssize_t size = param.shape[0], per, part
-    cdef double step_size = lr / (1.0 - beta1 ** step)
-    cdef double inv_bc2_sqrt = 1.0 / sqrt(1.0 - beta2 ** step)
-    cdef int nt = threads_for(size, PAR_MIN_ELEMS // 4, size)
     with nogil:
-        if nt == 1:
-            adam_range(&param[0], &grad[0], &m[0], &v[0], <floating>step_size,
-                       <floating>inv_bc2_sqrt, <floating>beta1, <floating>beta2, <floating>eps,
-                       <floating>weight_decay, 0, size)
-        else:
-            per = (size + nt - 1) // nt
-            for part in prange(nt, num_threads=nt, schedule="static"):
-                adam_range(&param[0], &grad[0], &m[0], &v[0], <floating>step_size,
-                           <floating>inv_bc2_sqrt, <floating>beta1, <floating>beta2,
-                           <floating>eps, <floating>weight_decay, part * per,
-                           min((part + 1) * per, size))
+        adam_op(&param[0], &grad[0], &m[0], &v[0], param.shape[0], step, lr, beta1, beta2, eps,
+                weight_decay)
 
 
 def adam_step(param, grad, m, v, long step, double lr, double beta1, double beta2, double eps,
@@ -964,3 +1015,280 @@ def adam_step(param, grad, m, v, long step, double lr, double beta1, double beta
     else:
         _adam_step[double](param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1),
                            step, lr, beta1, beta2, eps, weight_decay)
+
+
+
+
+# ====================================================================================== train_steps
+#
+# Many training steps in one call, none of them leaving C: kernels/_steps.py's step (gather,
+# forward, loss, backward, update) on the same kernels as the per-op path, so the two agree
+# bit for bit. The def function takes every pointer out of the Python lists once, with the
+# GIL; the loop over steps then runs without it and allocates nothing: the batch, the
+# activations, the gradients and the products' scratch are carved once per call from the
+# module's scratch buffer. Each op keeps its own threading (a prange inside the kernel, only
+# when the work pays for waking threads), so a batch of one runs on one thread.
+#
+# One fusion: a weight's gradient is never stored. dW = x^T g is computed a chunk of rows at
+# a time and the optimizer's step applied to that chunk of w while it is still in L1 (at
+# batch 1 writing dW1 and reading it back cost more than computing it). The update moves
+# into the backward pass, after dx (which needs the old w), which changes no value: every
+# update is elementwise on its own arrays.
+
+cdef struct Update:
+    # The optimizer step of kernels._steps.Optimizer at step t.
+    bint adam
+    long t
+    double lr, momentum, weight_decay, beta1, beta2, eps
+    double step_size, inv_bc2_sqrt      # Adam's, at t (adam_scales)
+
+
+cdef inline void update_range(const Update *u, floating *param, const floating *grad,
+                              floating *s1, floating *s2, Py_ssize_t i0,
+                              Py_ssize_t i1) noexcept nogil:
+    """u's step on param[i0:i1]; s1 the velocity (or NULL) or Adam's m, s2 Adam's v."""
+    if u.adam:
+        adam_range(param, grad, s1, s2, <floating>u.step_size, <floating>u.inv_bc2_sqrt,
+                   <floating>u.beta1, <floating>u.beta2, <floating>u.eps,
+                   <floating>u.weight_decay, i0, i1)
+    else:
+        sgd_range(param, grad, s1, <floating>u.lr, <floating>u.momentum,
+                  <floating>u.weight_decay, i0, i1)
+
+
+cdef inline void update_op(const Update *u, floating *param, const floating *grad,
+                           floating *s1, floating *s2, Py_ssize_t size) noexcept nogil:
+    """u's step on a whole parameter: sgd_step's or adam_step's op, threads included."""
+    if u.adam:
+        adam_op(param, grad, s1, s2, size, u.t, u.lr, u.beta1, u.beta2, u.eps, u.weight_decay)
+    else:
+        sgd_op(param, grad, s1, size, u.lr, u.momentum, u.weight_decay)
+
+
+cdef inline Py_ssize_t chunk_rows(Py_ssize_t n_out, size_t itemsize) noexcept nogil:
+    """Rows of dW per chunk: about UPDATE_CHUNK_BYTES, a multiple of MR."""
+    cdef Py_ssize_t MR = MR_F32 if itemsize == 4 else MR_F64
+    cdef Py_ssize_t rows = UPDATE_CHUNK_BYTES // (n_out * itemsize) // MR * MR
+    return rows if rows > MR else MR
+
+
+cdef inline Py_ssize_t chunk_scratch(Py_ssize_t batch, Py_ssize_t n_out,
+                                     size_t itemsize) noexcept nogil:
+    """One thread's scratch in weight_grad_update: its chunk of dW, then gemm_direct's."""
+    return (lines(chunk_rows(n_out, itemsize) * n_out, itemsize)
+            + gemm_scratch(chunk_rows(n_out, itemsize), n_out, batch, False, 1, itemsize))
+
+
+cdef inline void grad_update_chunk(const floating *x, const floating *g, floating *w,
+                                   floating *s1, floating *s2, const Update *u,
+                                   Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out,
+                                   Py_ssize_t c, floating *ws) noexcept nogil:
+    """Rows r0:r1 of dW = x^T g into ws (A = x^T read in place from column r0), then u's step
+    on the same rows of w."""
+    cdef Py_ssize_t rows = chunk_rows(n_out, sizeof(floating))
+    cdef Py_ssize_t r0 = c * rows, r1 = r0 + rows if r0 + rows < n_in else n_in
+    cdef Py_ssize_t at = r0 * n_out, i, j
+    cdef floating xi
+    if batch == 1:
+        # dW is the outer product x g: row by row, each row updated while in L1. A tile at
+        # kc = 1 did 16 FMAs for a call's and a tile's bookkeeping; and its fma(x_i, g_j, 0)
+        # is the product x_i * g_j rounded once, as here. (The row goes through ws so that
+        # the compiler cannot contract the product into the update's arithmetic.)
+        for i in range(r0, r1):
+            xi = x[i]
+            for j in range(n_out):
+                ws[j] = xi * g[j]
+            update_range(u, w + i * n_out, ws, s1 + i * n_out if s1 != NULL else NULL,
+                         s2 + i * n_out if s2 != NULL else NULL, 0, n_out)
+        return
+    gemm_direct(x + r0, n_in, True, g, n_out, False, ws, n_out, r1 - r0, n_out, batch, NULL,
+                False, ws + lines(rows * n_out, sizeof(floating)), 1)
+    update_range(u, w + at, ws, s1 + at if s1 != NULL else NULL,
+                 s2 + at if s2 != NULL else NULL, 0, (r1 - r0) * n_out)
+
+
+cdef void weight_grad_update(const floating *x, const floating *g, floating *w, floating *s1,
+                             floating *s2, const Update *u, Py_ssize_t batch, Py_ssize_t n_in,
+                             Py_ssize_t n_out, floating *ws, int nthreads) noexcept nogil:
+    """dW = x^T g (x (B, in), g (B, out)) and u's step on w (in, out), a chunk of rows at a
+    time, each thread with its own chunk_scratch in ws. Chunks start on multiples of MR, so
+    every tile is the one the whole product computes: the same values, bit for bit. For the
+    small-size path only (g, the product's B, is read in place)."""
+    cdef Py_ssize_t rows = chunk_rows(n_out, sizeof(floating)), c
+    cdef Py_ssize_t n_chunks = (n_in + rows - 1) // rows
+    cdef Py_ssize_t per_thread = chunk_scratch(batch, n_out, sizeof(floating))
+    cdef int nt = threads_for(2.0 * n_in * n_out * batch, PAR_MIN_FLOPS,
+                              n_chunks if n_chunks < nthreads else nthreads)
+    if nt == 1:
+        for c in range(n_chunks):
+            grad_update_chunk(x, g, w, s1, s2, u, batch, n_in, n_out, c, ws)
+    else:
+        for c in prange(n_chunks, num_threads=nt, schedule="static"):
+            grad_update_chunk(x, g, w, s1, s2, u, batch, n_in, n_out, c,
+                              ws + threadid() * per_thread)
+
+
+cdef Py_ssize_t step_scratch(const Py_ssize_t *n, Py_ssize_t n_layers, Py_ssize_t rows,
+                             int nthreads, size_t itemsize) noexcept nogil:
+    """Elements of scratch one step of ``rows`` rows needs for its products (the most any
+    one needs: they run one after another)."""
+    cdef Py_ssize_t i, size = 0
+    for i in range(n_layers):
+        size = max(size, gemm_scratch(rows, n[i + 1], n[i], False, nthreads, itemsize),
+                   linear_backward_scratch(rows, n[i], n[i + 1], nthreads, itemsize),
+                   nthreads * chunk_scratch(rows, n[i + 1], itemsize))
+    return size
+
+
+cdef inline bint is_aligned(const void *ptr) noexcept nogil:
+    """NULL, or a start on a 64-byte line."""
+    return <size_t>ptr % 64 == 0
+
+
+cdef inline Py_ssize_t param_size(const Py_ssize_t *n, Py_ssize_t j) noexcept nogil:
+    """Elements of parameter j of [w1, b1, w2, ...]: w_i is (n[i-1], n[i]), b_i (n[i],)."""
+    return n[j // 2] * n[j // 2 + 1] if j % 2 == 0 else n[j // 2 + 1]
+
+
+cdef void _train_steps(list params, const floating[:, ::1] x, const int64_t[::1] labels,
+                       const int64_t[::1] order, Py_ssize_t batch, floating[::1] losses,
+                       opt) except *:
+    # params [w1, b1, ..., wL, bL] (w_i (n_{i-1}, n_i), b_i (n_i,)), x (N, n_0), labels (N,),
+    # order (S,) rows of x, losses (ceil(S / batch),); opt: kernels._steps.Optimizer.
+    cdef Py_ssize_t L = len(params) // 2, n_params = len(params)
+    cdef Py_ssize_t total = order.shape[0], n_steps = losses.shape[0]
+    cdef Py_ssize_t i, j, k, q, r, r0, rows, size, used
+    cdef size_t f = sizeof(floating)
+    cdef int nt = _threads              # read once: the scratch is sized for it
+    cdef Update u
+    u.adam = opt.kind == "adam"
+    u.lr, u.momentum, u.weight_decay = opt.lr, opt.momentum, opt.weight_decay
+    u.beta1, u.beta2, u.eps = opt.beta1, opt.beta2, opt.eps
+    cdef long step0 = opt.step
+    cdef Scratch ws
+    ws.data = NULL
+    ws.nbytes = 0
+    # Tables, per layer i: n[i] the widths; act[i] the activations (act[0] the gathered
+    # batch, act[L] the logits), gact[i] their gradients. Per parameter j (w1, b1, w2, ...):
+    # p[j] itself, s1[j] and s2[j] its optimizer state (velocity or NULL; Adam's m and v),
+    # grad[j] its gradient (for the biases, and weights too large for the chunked update).
+    # p, s1 and s2 are one table of 3 * n_params arrays updated in place, which the loop uses
+    # where they are when 64-byte aligned and otherwise as aligned copies in the scratch,
+    # copied back at the end: NumPy's large arrays start 16 bytes past a line, and then
+    # every vector load and store of a row spans two lines (a batch of 1 ran 30% slower).
+    cdef Py_ssize_t *n = <Py_ssize_t *>PyMem_Malloc((L + 1) * sizeof(Py_ssize_t))
+    cdef floating **tables = <floating **>PyMem_Malloc((7 * n_params + 2 * (L + 1))
+                                                       * sizeof(floating *))
+    if n == NULL or tables == NULL:
+        PyMem_Free(n)
+        PyMem_Free(tables)
+        raise MemoryError()
+    cdef floating **home = tables                   # the caller's arrays: p, s1, s2
+    cdef floating **p = tables + 3 * n_params       # what the loop updates: p, s1, s2
+    cdef floating **s1 = p + n_params
+    cdef floating **s2 = p + 2 * n_params
+    cdef floating **grad = tables + 6 * n_params
+    cdef floating **act = tables + 7 * n_params
+    cdef floating **gact = act + L + 1
+    cdef int64_t *yb
+    cdef floating *work
+    cdef floating *g
+    try:
+        n[0] = x.shape[1]
+        for i in range(L):
+            n[i + 1] = params[2 * i].shape[1]
+        for j in range(n_params):
+            home[j] = _ptr1[floating](params[j].reshape(-1))
+            home[n_params + j] = home[2 * n_params + j] = NULL
+            if u.adam:
+                home[n_params + j] = _ptr1[floating](opt.state[0][j].reshape(-1))
+                home[2 * n_params + j] = _ptr1[floating](opt.state[1][j].reshape(-1))
+            elif opt.state is not None:
+                home[n_params + j] = _ptr1[floating](opt.state[j].reshape(-1))
+
+        # Scratch, in elements, every piece on whole cache lines: the batch's labels, the
+        # activations and their gradients, the parameters' gradients, the aligned copies,
+        # then the products' scratch.
+        used = lines((batch * sizeof(int64_t) + f - 1) // f, f)
+        for i in range(L + 1):
+            used += lines(batch * n[i], f) * (2 if i > 0 else 1)
+        for j in range(n_params):
+            used += lines(param_size(n, j), f)
+        for q in range(3 * n_params):
+            if not is_aligned(home[q]):
+                used += lines(param_size(n, q % n_params), f)
+        size = max(step_scratch(n, L, batch, nt, f),                              # full batches
+                   step_scratch(n, L, total - (n_steps - 1) * batch, nt, f))      # the last
+        ws = scratch_take((used + size) * f)
+        yb = <int64_t *>ws.data
+        used = lines((batch * sizeof(int64_t) + f - 1) // f, f)
+        for i in range(L + 1):
+            act[i] = <floating *>ws.data + used
+            used += lines(batch * n[i], f)
+            gact[i] = NULL                  # the input needs no gradient
+            if i > 0:
+                gact[i] = <floating *>ws.data + used
+                used += lines(batch * n[i], f)
+        for j in range(n_params):
+            grad[j] = <floating *>ws.data + used
+            used += lines(param_size(n, j), f)
+        for q in range(3 * n_params):
+            p[q] = home[q]
+            if not is_aligned(home[q]):
+                p[q] = <floating *>ws.data + used
+                used += lines(param_size(n, q % n_params), f)
+                memcpy(p[q], home[q], param_size(n, q % n_params) * f)
+        work = <floating *>ws.data + used
+
+        with nogil:
+            for k in range(n_steps):
+                r0 = k * batch
+                rows = batch if total - r0 >= batch else total - r0
+                for r in range(rows):                       # gather: a row copy each
+                    memcpy(act[0] + r * n[0], &x[order[r0 + r], 0], n[0] * f)
+                    yb[r] = labels[order[r0 + r]]
+                for i in range(L):                          # forward; ReLU on hidden layers
+                    gemm(act[i], n[i], False, p[2 * i], n[i + 1], False, act[i + 1], n[i + 1],
+                         rows, n[i + 1], n[i], p[2 * i + 1], i < L - 1, work, nt)
+                losses[k] = <floating>softmax_cross_entropy_op(act[L], yb, gact[L], rows, n[L])
+                u.t = step0 + k + 1
+                if u.adam:
+                    adam_scales(u.t, u.lr, u.beta1, u.beta2, &u.step_size, &u.inv_bc2_sqrt)
+                for i in range(L - 1, -1, -1):              # backward and update, layer by layer
+                    # g = grad_y * (y > 0) in place, db; dx = g w^T while w is the old one
+                    g = gact[i + 1]
+                    mask_and_bias_grad(act[i + 1], g, g, grad[2 * i + 1], rows, n[i + 1],
+                                       i < L - 1)
+                    if i > 0:
+                        gemm(g, n[i + 1], False, p[2 * i], n[i + 1], True, gact[i], n[i],
+                             rows, n[i], n[i + 1], NULL, False, work, nt)
+                    if is_small(n[i + 1], rows, f):         # dW = x^T g, chunk by chunk into w
+                        weight_grad_update(act[i], g, p[2 * i], s1[2 * i], s2[2 * i], &u, rows,
+                                           n[i], n[i + 1], work, nt)
+                    else:                                   # (too large a product to chunk)
+                        gemm(act[i], n[i], True, g, n[i + 1], False, grad[2 * i], n[i + 1],
+                             n[i], n[i + 1], rows, NULL, False, work, nt)
+                        update_op(&u, p[2 * i], grad[2 * i], s1[2 * i], s2[2 * i],
+                                  param_size(n, 2 * i))
+                    update_op(&u, p[2 * i + 1], grad[2 * i + 1], s1[2 * i + 1], s2[2 * i + 1],
+                              n[i + 1])
+            for q in range(3 * n_params):                   # the copies back where they live
+                if p[q] != home[q]:
+                    memcpy(home[q], p[q], param_size(n, q % n_params) * f)
+    finally:
+        scratch_give(ws)
+        PyMem_Free(n)
+        PyMem_Free(tables)
+
+
+def train_steps(list params, x, labels, order, Py_ssize_t batch, losses, opt):
+    """kernels/_steps.py's training step, once per ``batch`` rows of ``order``, in one call.
+
+    Arguments checked by kernels/_front.py: params [w1, b1, ..., wL, bL] and x C-contiguous,
+    of one float dtype; labels and order int64; losses (ceil(len(order) / batch),) receives
+    each step's loss; opt a kernels._steps.Optimizer (sgd or adam, and its state arrays).
+    """
+    if x.itemsize == 4:
+        _train_steps[float](params, x, labels, order, batch, losses, opt)
+    else:
+        _train_steps[double](params, x, labels, order, batch, losses, opt)
