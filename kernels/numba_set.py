@@ -101,6 +101,12 @@ PARALLEL_MIN_FMAS = 1 << 19
 # place 100 us, packed 110; 128x784x128 in place 308, packed 293. The threaded path always
 # packs: reading A in place did not scale to two threads (512x784x128: 1.2 ms on one or two).
 PACK_MIN_FMAS = 1 << 23
+# Skinny problems run one row of C at a time (_gemm_rows): up to this many rows of C, or this
+# deep a k. Measured, float32, rows vs tiles: 1x784x128 4.9 vs 27 us, 4x784x128 19 vs 26,
+# 6x784x128 26 vs 26; g w^T 1x64x128 1.0 vs 5.5, 8x64x128 5.2 vs 5.6; x^T g 784x1x128 13 vs
+# 22, 784x2x128 20 vs 23, 784x3x128 26 vs 26 (the tiles waste 11 of 12 rows on one sample).
+ROWS_MAX_M = 4
+ROWS_MAX_K = 2
 
 
 def _blocking(c):  # (MR, NR, KC, MC, NC) for c's dtype, as compile-time constants
@@ -409,6 +415,53 @@ def _gemm_range(a, b, c, trans_a, trans_b, bias, relu, i_lo, i_hi, j_lo, j_hi, p
                         _store_tile(tile, c, ic + ir_, jc + jr, mr, nr, first, last, bias, relu)
 
 
+@njit(cache=True, inline="always")
+def _a_at(af, lda, trans_a, i, p):
+    # A(i, p) of a flat a: a[i, p], or a[p, i] when trans_a
+    return af[U(p * lda + i)] if trans_a else af[U(i * lda + p)]
+
+
+@njit(cache=True, fastmath=True)
+def _gemm_rows(a, b, c, trans_a, trans_b, bias, relu):
+    # c = op(a) @ op(b) (+ bias) (then ReLU), one row of c at a time, for skinny problems where
+    # the MR x NR tile would be mostly padding or overhead: a few rows (a batch of a sample or
+    # two) or a short k (the outer product of a weight gradient at such a batch). The loops
+    # run along rows of B (or, with trans_b, dot products along rows of both), which LLVM
+    # vectorises; nothing is packed. One thread: these problems are too small to split.
+    m, n = c.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    af, bf, cf = a.reshape(a.size), b.reshape(b.size), c.reshape(c.size)
+    lda = a.shape[1]
+    for i in range(m):
+        row = i * n
+        if trans_b:     # c[i, j] = A(i, :) . b[j, :]
+            for j in range(n):
+                s = c.dtype.type(0)
+                for p in range(k):
+                    s += _a_at(af, lda, trans_a, i, p) * bf[U(j * k + p)]
+                cf[U(row + j)] = s
+        else:           # c[i, :] = sum over p of A(i, p) b[p, :], four rows of B per pass
+            for j in range(n):        # over c's row, which then loads and stores a quarter
+                cf[U(row + j)] = 0    # as often (measured 784x128: 5.1 us -> 3.9, one row)
+            for p in range(0, k - k % 4, 4):
+                a0, a1, a2, a3 = _a_at(af, lda, trans_a, i, p), _a_at(af, lda, trans_a, i, p + 1), \
+                    _a_at(af, lda, trans_a, i, p + 2), _a_at(af, lda, trans_a, i, p + 3)
+                b0 = p * n
+                for j in range(n):
+                    cf[U(row + j)] += (a0 * bf[U(b0 + j)] + a1 * bf[U(b0 + n + j)]
+                                       + a2 * bf[U(b0 + 2 * n + j)] + a3 * bf[U(b0 + 3 * n + j)])
+            for p in range(k - k % 4, k):
+                a_ip = _a_at(af, lda, trans_a, i, p)
+                for j in range(n):
+                    cf[U(row + j)] += a_ip * bf[U(p * n + j)]
+        if bias.size > 0:
+            for j in range(n):
+                cf[U(row + j)] += bias[U(j)]
+        if relu:
+            for j in range(n):
+                cf[U(row + j)] = max(cf[U(row + j)], 0)
+
+
 @njit(cache=True, parallel=True)
 def _gemm_threads(a, b, c, trans_a, trans_b, bias, relu, tasks, pack, work):
     # c = op(a) @ op(b) (+ bias) (ReLU) as `tasks` tasks, one per thread, each on its own rows
@@ -440,7 +493,9 @@ def _gemm(a, b, c, trans_a, trans_b, bias, relu, threads, work):
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
     fmas = m * n * k
-    if threads == 1 or fmas < PARALLEL_MIN_FMAS:
+    if m <= ROWS_MAX_M or k <= ROWS_MAX_K:
+        _gemm_rows(a, b, c, trans_a, trans_b, bias, relu)
+    elif threads == 1 or fmas < PARALLEL_MIN_FMAS:
         pack = trans_b or fmas >= PACK_MIN_FMAS
         zero = _runtime(0)
         _gemm_range(a, b, c, trans_a, trans_b, bias, relu, zero, m, zero, n, pack, work)
@@ -726,36 +781,62 @@ def linear_backward(x, w, y, grad_y, grad_x, grad_w, grad_b, relu):
 # ---------------------------------------------------------------- optimizers
 
 
+# Each optimizer is an element function on scalars (inline, shared by every loop that applies
+# it: given arrays instead, its reference counting kept _outer_update's loop scalar, 4x slower),
+# the loops over flat arrays, one thread or several, and an entry point. The hyperparameters
+# reach the loops as a tuple in the arrays' dtype (_sgd_hyper, _adam_hyper), so float32 runs
+# 16 lanes wide: an int or float64 constant in the element function would promote the whole
+# expression to float64 (SGD ran 2x slower so, Adam scalar).
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _sgd_one(p, v, grad, h, use_velocity):
+    # torch.optim.SGD on one element p (velocity v) whose gradient is grad: g' = grad + wd * p;
+    # v = momentum * v + g'; p -= lr * v (without velocity: p -= lr * g'). The new (p, v).
+    lr, momentum, weight_decay = h
+    d = grad + weight_decay * p
+    if use_velocity:
+        d = momentum * v + d
+    return p - lr * d, d
+
+
+@njit(cache=True)
+def _sgd_hyper(p, lr, momentum, weight_decay):
+    f = p.dtype.type
+    return f(lr), f(momentum), f(weight_decay)
+
+
 @njit(cache=True, fastmath=True)
-def _sgd_serial(p, g, v, lr, momentum, weight_decay, use_velocity):
-    # p, g, v are (size,). torch.optim.SGD: g' = g + wd * p; v = momentum * v + g'; p -= lr * v
+def _sgd_serial(p, g, v, h, use_velocity):
+    # p, g, v are (size,)
     for i in range(p.shape[0]):
-        d = g[i] + weight_decay * p[i]
+        p[i], d = _sgd_one(p[i], v[i], g[i], h, use_velocity)
         if use_velocity:
-            d = momentum * v[i] + d
             v[i] = d
-        p[i] -= lr * d
 
 
 @njit(cache=True, fastmath=True, parallel=True)
-def _sgd_parallel(p, g, v, lr, momentum, weight_decay, use_velocity):
+def _sgd_parallel(p, g, v, h, use_velocity):
     # p, g, v are (size,); as _sgd_serial
     for i in prange(p.shape[0]):
-        d = g[i] + weight_decay * p[i]
+        p[i], d = _sgd_one(p[i], v[i], g[i], h, use_velocity)
         if use_velocity:
-            d = momentum * v[i] + d
             v[i] = d
-        p[i] -= lr * d
+
+
+@njit(cache=True)
+def _sgd_update(param, grad, velocity, h, use_velocity):
+    # param, grad, velocity: one shape, any ndim (velocity is param when unused)
+    p, g, v = param.reshape(param.size), grad.reshape(grad.size), velocity.reshape(velocity.size)
+    if p.size >= PARALLEL_MIN_ELEMENTS:
+        _sgd_parallel(p, g, v, h, use_velocity)
+    else:
+        _sgd_serial(p, g, v, h, use_velocity)
 
 
 @njit(cache=True)
 def _sgd_step(param, grad, velocity, lr, momentum, weight_decay, use_velocity):
-    # param, grad, velocity: one shape, any ndim (velocity is param when unused)
-    p, g, v = param.reshape(param.size), grad.reshape(grad.size), velocity.reshape(velocity.size)
-    if p.size >= PARALLEL_MIN_ELEMENTS:
-        _sgd_parallel(p, g, v, lr, momentum, weight_decay, use_velocity)
-    else:
-        _sgd_serial(p, g, v, lr, momentum, weight_decay, use_velocity)
+    _sgd_update(param, grad, velocity, _sgd_hyper(param, lr, momentum, weight_decay), use_velocity)
 
 
 def sgd_step(param, grad, velocity, lr, momentum, weight_decay):
@@ -766,44 +847,191 @@ def sgd_step(param, grad, velocity, lr, momentum, weight_decay):
 
 
 @njit(cache=True, fastmath=True, error_model="numpy", inline="always")
-def _adam_one(p, g, m, v, i, step_size, bias2_sqrt, beta1, beta2, one_m_b1, one_m_b2, eps, weight_decay):
-    # torch.optim.Adam on element i: g' = g + wd p; m = b1 m + (1 - b1) g'; v = b2 v + (1 - b2) g'^2;
+def _adam_one(p, m, v, grad, h):
+    # torch.optim.Adam on one element p (moments m, v) whose gradient is grad: g' = grad + wd p;
+    # m = b1 m + (1 - b1) g'; v = b2 v + (1 - b2) g'^2;
     # p -= step_size * m / (sqrt(v) / sqrt(1 - b2^t) + eps), step_size = lr / (1 - b1^t).
-    # The hyperparameters (and 1 - b1, 1 - b2) arrive in p's dtype, so float32 runs 16 lanes wide
-    # (an int or float64 constant here would promote the whole expression to float64).
-    j = i
-    d = g[j] + weight_decay * p[j]
-    mi = beta1 * m[j] + one_m_b1 * d
-    vi = beta2 * v[j] + one_m_b2 * (d * d)
-    m[j] = mi
-    v[j] = vi
-    p[j] -= step_size * (mi / (math.sqrt(vi) / bias2_sqrt + eps))
+    # The new (p, m, v).
+    step_size, bias2_sqrt, beta1, beta2, one_m_b1, one_m_b2, eps, weight_decay = h
+    d = grad + weight_decay * p
+    m = beta1 * m + one_m_b1 * d
+    v = beta2 * v + one_m_b2 * (d * d)
+    return p - step_size * (m / (math.sqrt(v) / bias2_sqrt + eps)), m, v
+
+
+@njit(cache=True)
+def _adam_hyper(p, step, lr, beta1, beta2, eps, weight_decay):
+    # step t's constants for _adam_one, with 1 - b1 and 1 - b2, in p's dtype
+    f = p.dtype.type
+    return (f(lr / (1.0 - beta1**step)), f(math.sqrt(1.0 - beta2**step)), f(beta1), f(beta2),
+            f(1.0 - beta1), f(1.0 - beta2), f(eps), f(weight_decay))
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
-def _adam_serial(p, g, m, v, step_size, bias2_sqrt, beta1, beta2, one_m_b1, one_m_b2, eps, weight_decay):
+def _adam_serial(p, g, m, v, h):
     # p, g, m, v are (size,): one fused pass
     for i in range(p.shape[0]):
-        _adam_one(p, g, m, v, i, step_size, bias2_sqrt, beta1, beta2, one_m_b1, one_m_b2, eps, weight_decay)
+        p[i], m[i], v[i] = _adam_one(p[i], m[i], v[i], g[i], h)
 
 
 @njit(cache=True, fastmath=True, error_model="numpy", parallel=True)
-def _adam_parallel(p, g, m, v, step_size, bias2_sqrt, beta1, beta2, one_m_b1, one_m_b2, eps, weight_decay):
+def _adam_parallel(p, g, m, v, h):
     # p, g, m, v are (size,): one fused pass, split over threads
     for i in prange(p.shape[0]):
-        _adam_one(p, g, m, v, i, step_size, bias2_sqrt, beta1, beta2, one_m_b1, one_m_b2, eps, weight_decay)
+        p[i], m[i], v[i] = _adam_one(p[i], m[i], v[i], g[i], h)
+
+
+@njit(cache=True)
+def _adam_update(param, grad, m, v, h):
+    # param, grad, m, v: one shape, any ndim; in place on param, m and v
+    pf, gf, mf, vf = param.reshape(param.size), grad.reshape(grad.size), m.reshape(m.size), v.reshape(v.size)
+    if pf.size >= PARALLEL_MIN_ELEMENTS:
+        _adam_parallel(pf, gf, mf, vf, h)
+    else:
+        _adam_serial(pf, gf, mf, vf, h)
 
 
 @njit(cache=True)
 def adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay):
-    # param, grad, m, v: one shape, any ndim; in place on param, m and v
-    f = param.dtype.type    # hyperparameters in the arrays' dtype (see _adam_one)
-    step_size = f(lr / (1.0 - beta1**step))
-    bias2_sqrt = f(math.sqrt(1.0 - beta2**step))
-    b1, b2, c1, c2 = f(beta1), f(beta2), f(1.0 - beta1), f(1.0 - beta2)
-    e, wd = f(eps), f(weight_decay)
-    pf, gf, mf, vf = param.reshape(param.size), grad.reshape(grad.size), m.reshape(m.size), v.reshape(v.size)
-    if pf.size >= PARALLEL_MIN_ELEMENTS:
-        _adam_parallel(pf, gf, mf, vf, step_size, bias2_sqrt, b1, b2, c1, c2, e, wd)
+    _adam_update(param, grad, m, v, _adam_hyper(param, step, lr, beta1, beta2, eps, weight_decay))
+
+
+# ---------------------------------------------------------------- train_steps: the fused loop
+#
+# kernels/_steps.py's per_op, compiled: every step (gather, forward, loss, backward, update)
+# calls the kernels above from jitted code, so a step at batch 1 costs its arithmetic and no
+# Python. The layers are homogeneous tuples (one for weights, one for biases), indexed in
+# loops; the activations and gradients are flat buffers, viewed at the step's row count (the
+# last batch may be partial). Nothing is allocated inside the loop.
+#
+# One change of order, which changes no result: each layer's parameters are updated as soon
+# as the backward pass is done with them (after its grad_x, which reads w), not all at the end;
+# every update reads only its own parameter, gradient and state. That lets a step of one
+# sample update the weights without writing their gradient at all (_outer_update).
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def _outer_update(a, g, p, s1, s2, adam, sgd_h, adam_h, use_velocity):
+    # The optimizer's step on p (n_in, n_out) for one sample: its gradient is the outer
+    # product a^T g (a (1, n_in), g (1, n_out)), each element computed where it is applied, so
+    # the gradient is never written out. At a batch of one the weights are the step's largest
+    # memory traffic, and this reads and writes them once (the gradient, then the update,
+    # twice more). s1, s2: the state shaped like p (velocity or Adam's m; Adam's v).
+    # Measured, 784x128 float32: 8 us; x^T g then the update pass: 13 + 10 us. (A gradient row
+    # buffered in L1, for batches of a few samples, ran at 10 to 20 us: its stores and the
+    # loads of p that follow them alias, depending on where the buffer falls.)
+    n_in, n_out = p.shape
+    af, gf = a.reshape(a.size), g.reshape(g.size)
+    pf, s1f, s2f = p.reshape(p.size), s1.reshape(s1.size), s2.reshape(s2.size)
+    for i in range(n_in):
+        a_i = af[U(i)]
+        base = i * n_out
+        if adam:
+            for j in range(n_out):
+                e = U(base + j)
+                pf[e], s1f[e], s2f[e] = _adam_one(pf[e], s1f[e], s2f[e], a_i * gf[U(j)], adam_h)
+        else:
+            for j in range(n_out):
+                e = U(base + j)
+                pf[e], d = _sgd_one(pf[e], s1f[e], a_i * gf[U(j)], sgd_h, use_velocity)
+                if use_velocity:
+                    s1f[e] = d
+
+
+@njit(cache=True)
+def _update(param, grad, s1, s2, adam, sgd_h, adam_h, use_velocity):
+    # the optimizer's step on one parameter, given its gradient
+    if adam:
+        _adam_update(param, grad, s1, s2, adam_h)
     else:
-        _adam_serial(pf, gf, mf, vf, step_size, bias2_sqrt, b1, b2, c1, c2, e, wd)
+        _sgd_update(param, grad, s1, sgd_h, use_velocity)
+
+
+@njit(cache=True)
+def _gather(x, labels, order, lo, rows, xb, yb):
+    # xb (flat) = x[order[lo : lo+rows]], yb = labels[order[lo : lo+rows]]
+    n = x.shape[1]
+    xf = x.reshape(x.size)
+    for i in range(rows):
+        src = order[lo + i]
+        yb[i] = labels[src]
+        for j in range(n):
+            xb[U(i * n + j)] = xf[U(src * n + j)]
+
+
+@njit(cache=True)
+def _rows(buf, rows, n):
+    # the first rows * n elements of a flat buffer, as a (rows, n) array
+    return buf[:rows * n].reshape(rows, n)
+
+
+@njit(cache=True)
+def _train_steps(ws, bs, x, labels, order, batch, losses, adam, hyper, step, s1w, s1b, s2w, s2b,
+                 use_velocity, xb, yb, acts, grads, gws, gbs, sums, threads, work):
+    # ws, bs: the layers' weights and biases; s1 (velocity, or Adam's m) and s2 (Adam's v) the
+    # optimizer state shaped like them (ws and bs stand in where unused). xb, yb, acts[i],
+    # grads[i]: flat buffers for one batch: its rows, labels, layer outputs and their gradients;
+    # gws, gbs: the parameters' gradients.
+    lr, momentum, weight_decay, beta1, beta2, eps = hyper
+    sgd_h = _sgd_hyper(xb, lr, momentum, weight_decay)
+    n_layers = len(ws)
+    last = n_layers - 1
+    n0 = x.shape[1]
+    total = order.shape[0]
+    yes, no = _runtime(True), _runtime(False)
+    no_bias = xb[:0]
+    for k in range(losses.shape[0]):
+        lo = k * batch
+        rows = min(batch, total - lo)
+        adam_h = _adam_hyper(xb, step + k + 1, lr, beta1, beta2, eps, weight_decay)
+        _gather(x, labels, order, lo, rows, xb, yb)
+        # forward: a_i = relu(a_{i-1} @ w_i + b_i), the last layer without relu
+        a = _rows(xb, rows, n0)
+        for i in range(n_layers):
+            y = _rows(acts[i], rows, ws[i].shape[1])
+            _gemm(a, ws[i], y, no, no, bs[i], i < last, threads, work)
+            a = y
+        losses[k] = softmax_cross_entropy(a, yb[:rows], _rows(grads[last], rows, ws[last].shape[1]))
+        # backward, last layer first, each layer's update as soon as it is done with
+        for i in range(last, -1, -1):
+            n_in, n_out = ws[i].shape
+            a = _rows(xb, rows, n0) if i == 0 else _rows(acts[i - 1], rows, n_in)
+            g = _rows(grads[i], rows, n_out)
+            # the gradient at the pre-activation, in place, and db
+            _bias_grad(g, _rows(acts[i], rows, n_out), gbs[i], i < last, g, sums)
+            if i > 0:   # grad_x = g w^T, into the previous layer's gradient
+                _gemm(g, ws[i], _rows(grads[i - 1], rows, n_in), no, yes, no_bias, no, threads, work)
+            if rows == 1:
+                _outer_update(a, g, ws[i], s1w[i], s2w[i], adam, sgd_h, adam_h, use_velocity)
+            else:       # grad_w = a^T g, then the step
+                _gemm(a, g, gws[i], yes, no, no_bias, no, threads, work)
+                _update(ws[i], gws[i], s1w[i], s2w[i], adam, sgd_h, adam_h, use_velocity)
+            _update(bs[i], gbs[i], s1b[i], s2b[i], adam, sgd_h, adam_h, use_velocity)
+
+
+def train_steps(params, x, labels, order, batch, losses, opt):
+    # params [w1, b1, ..., wL, bL]; opt a kernels._steps.Optimizer. Lists become tuples (one
+    # type per layer count and dtype, whatever the optimizer); buffers are allocated per call.
+    ws, bs = tuple(params[0::2]), tuple(params[1::2])
+    dtype, threads = x.dtype, _threads[0]
+    rows = min(batch, order.shape[0])
+    sizes = [x.shape[1]] + [w.shape[1] for w in ws]
+    if opt.kind == "adam":
+        m, v = opt.state
+        s1w, s1b, s2w, s2b = tuple(m[0::2]), tuple(m[1::2]), tuple(v[0::2]), tuple(v[1::2])
+    elif opt.state is not None:  # SGD with momentum: the velocities
+        s1w, s1b, s2w, s2b = tuple(opt.state[0::2]), tuple(opt.state[1::2]), ws, bs
+    else:
+        s1w, s1b, s2w, s2b = ws, bs, ws, bs
+    hyper = (opt.lr, opt.momentum, opt.weight_decay, opt.beta1, opt.beta2, opt.eps)
+    acts = tuple(np.empty(rows * n, dtype) for n in sizes[1:])
+    grads = tuple(np.empty(rows * n, dtype) for n in sizes[1:])
+    work = _scratch_for("work", dtype, max(
+        max(_gemm_work_size(dtype, rows, n_out, n_in, threads),
+            _backward_work_size(dtype, rows, n_in, n_out, threads))
+        for n_in, n_out in zip(sizes, sizes[1:])))
+    _train_steps(ws, bs, x, labels, order, batch, losses, opt.kind == "adam", hyper, opt.step,
+                 s1w, s1b, s2w, s2b, opt.state is not None, np.empty(rows * sizes[0], dtype),
+                 np.empty(rows, np.int64), acts, grads, tuple(np.empty_like(w) for w in ws),
+                 tuple(np.empty_like(b) for b in bs), _scratch_for("sums", np.dtype(np.float64), max(sizes)),
+                 threads, work)

@@ -74,3 +74,69 @@ def test_epilogue_bias_and_relu_span_k_blocks(dtype):
         if relu:
             want = np.maximum(want, 0)
         assert_close(out, want, dtype, scale=4 * np.sqrt(k), what=f"linear relu={relu}")
+
+
+# ---------------------------------------------------------------- train_steps, fused
+
+from kernels._arrays import NumpyArrays  # noqa: E402
+from kernels._steps import Optimizer, n_steps, per_op  # noqa: E402
+
+OPTIMIZERS = {
+    "sgd": dict(kind="sgd", lr=0.05),
+    "momentum+wd": dict(kind="sgd", lr=0.05, momentum=0.9, weight_decay=1e-3),
+    "adam": dict(kind="adam", lr=1e-2, weight_decay=1e-3, step=3),  # t starts at 4
+}
+
+
+def _optimizer(spec, params):
+    state = None
+    if spec["kind"] == "adam":
+        state = ([np.zeros_like(p) for p in params], [np.zeros_like(p) for p in params])
+    elif spec.get("momentum", 0.0):
+        state = [np.zeros_like(p) for p in params]
+    return Optimizer(**spec, state=state)
+
+
+def _train(fused, sizes, batch, spec, dtype, threads):
+    """(losses, params, optimizer state) after one train_steps call, fused or op by op."""
+    rng = np.random.default_rng(3)
+    samples = 23
+    x = _rand(rng, (samples, sizes[0]), dtype)
+    labels = rng.integers(0, sizes[-1], samples)
+    order = rng.integers(0, samples, 2 * samples + 1)   # repeats, and a partial last batch
+    params = []
+    for n_in, n_out in zip(sizes, sizes[1:]):
+        params += [(_rand(rng, (n_in, n_out), dtype) / np.sqrt(n_in)).astype(dtype), _rand(rng, (n_out,), dtype) / 10]
+    opt = _optimizer(spec, params)
+    losses = np.full(n_steps(len(order), batch), np.nan, dtype)
+    numba_set.set_threads(threads)
+    if fused:
+        numba_set.train_steps(params, x, labels, order, batch, losses, opt)
+    else:
+        per_op(numba_set, NumpyArrays("cpu"), params, x, labels, order, batch, losses, opt)
+    state = [] if opt.state is None else (opt.state[0] + opt.state[1] if spec["kind"] == "adam" else opt.state)
+    return losses, params, state
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+@pytest.mark.parametrize("sizes", [[9, 4], [9, 17, 4], [40, 33, 9, 5]], ids=lambda s: f"{len(s) - 1}layers")
+def test_fused_train_steps_match_per_op(sizes, opt, dtype):
+    """The fused loop is per_op on the same kernels: the same losses, parameters and state,
+    for 1 to 3 layers, batches of 1, of 5 (a partial last batch) and of all rows at once."""
+    # Rounding apart: the fused loop may contract a product into the next addition where the
+    # ops store it first, and over 47 steps such differences grow to a few ulps of the largest
+    # value, so the tolerance scales with each array's largest magnitude.
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    threads = numba_set._threads[0]
+    try:
+        for batch in (1, 5, 64):
+            want = _train(False, sizes, batch, OPTIMIZERS[opt], dtype, 2)
+            got = _train(True, sizes, batch, OPTIMIZERS[opt], dtype, 2)
+            for name, g, w in zip(("losses", "params", "state"), got, want):
+                assert len(g) == len(w)
+                for j, (a, b) in enumerate(zip(g, w) if name != "losses" else [(g, w)]):
+                    np.testing.assert_allclose(a, b, rtol=tol, atol=tol * max(1.0, np.abs(b).max()),
+                                               err_msg=f"{name}[{j}], batch {batch}")
+    finally:
+        numba_set.set_threads(threads)
