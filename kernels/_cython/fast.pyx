@@ -65,8 +65,12 @@ cdef extern from "microkernel.h" nogil:
         BLOCKS_PER_THREAD
         MIN_BLOCK_ROWS
         UPDATE_CHUNK_BYTES
+        VL_F32
+        VL_F64
     void *kernels_alloc(size_t nbytes)
     void kernels_free(void *p)
+    void transpose_f32(const float *src, long lds, float *dst, long ldd)
+    void transpose_f64(const double *src, long lds, double *dst, long ldd)
     void ukr_float_packed(long kc, const float *a, const float *b, float *c, long ldc,
                           int accumulate, const float *bias, int relu)
     void ukr_double_packed(long kc, const double *a, const double *b, double *c, long ldc,
@@ -98,7 +102,6 @@ cdef extern from "microkernel.h" nogil:
 
 cdef extern from "vecmath.h" nogil:
     enum:
-        VL_F32
         SOFTMAX_BLOCK_ROWS
     double softmax_xent_small_rows_f32(const float *z, const int64_t *labels, float *g,
                                        long rows, long classes, double inv_batch)
@@ -232,6 +235,15 @@ cdef inline void ukr_rows(int rows, long kc, const floating *a, long rsa, long c
             ukr_double_r1_direct(kc, a, rsa, csa, b, rsb, c, ldc, False, bias, relu)
 
 
+cdef inline void transpose(const floating *src, Py_ssize_t lds, floating *dst,
+                           Py_ssize_t ldd) noexcept nogil:
+    """dst[c * ldd + r] = src[r * lds + c] for one VL x VL block (microkernel.h)."""
+    if floating is float:
+        transpose_f32(src, lds, dst, ldd)
+    else:
+        transpose_f64(src, lds, dst, ldd)
+
+
 cdef void pack(const floating *x, Py_ssize_t ldx, bint trans, Py_ssize_t r0, Py_ssize_t nrows,
                Py_ssize_t c0, Py_ssize_t ncols, Py_ssize_t w, floating *dst) noexcept nogil:
     """Pack rows r0:r0+nrows, columns c0:c0+ncols of M into micro-panels of w rows.
@@ -241,7 +253,8 @@ cdef void pack(const floating *x, Py_ssize_t ldx, bint trans, Py_ssize_t r0, Py_
     M = op(A) with w = MR; B as M = op(B)^T with w = NR (so trans = not trans_b). This is
     the one place transposes are absorbed.
     """
-    cdef Py_ssize_t q, q_i, r, c, rows
+    cdef Py_ssize_t q, q_i, r, r_i, c, c_i, rows, done
+    cdef Py_ssize_t VL = VL_F32 if floating is float else VL_F64
     cdef floating *panel
     cdef const floating *src
     for q_i in range((nrows + w - 1) // w):
@@ -255,10 +268,17 @@ cdef void pack(const floating *x, Py_ssize_t ldx, bint trans, Py_ssize_t r0, Py_
                 src = x + (c0 + c) * ldx + r0 + q
                 for r in range(rows):
                     panel[c * w + r] = src[r]
-        else:                           # M's rows are x's rows
-            for r in range(rows):
+        else:                           # M's rows are x's rows: a transpose
+            done = 0
+            if rows == w and w % VL == 0:   # VL x VL blocks through registers
+                done = ncols // VL * VL
+                for c_i in range(ncols // VL):
+                    for r_i in range(w // VL):
+                        transpose(x + (r0 + q + r_i * VL) * ldx + c0 + c_i * VL, ldx,
+                                  panel + c_i * VL * w + r_i * VL, w)
+            for r in range(rows):       # the rest an element at a time
                 src = x + (r0 + q + r) * ldx + c0
-                for c in range(ncols):
+                for c in range(done, ncols):
                     panel[c * w + r] = src[c]
 
 

@@ -68,6 +68,9 @@
 #define BLOCKED_NB 256                     /* C / B columns per block: a 1 KiB row of C in L1 */
 #define BLOCKED_KB 128                     /* depth per block: KB rows of B (128 KiB) in L2 */
 
+#define VL_F32 16                          /* lanes of one 512-bit vector */
+#define VL_F64 8
+
 /* Unaligned 512-bit vectors (aligned(4) lets the compiler use vmovups on any address). */
 typedef float vf32 __attribute__((vector_size(64), aligned(4)));
 typedef double vf64 __attribute__((vector_size(64), aligned(8)));
@@ -81,11 +84,41 @@ static inline void *kernels_alloc(size_t bytes)
 }
 static inline void kernels_free(void *p) { free(p); }
 
-/* The tile loops below must be unrolled before GCC's scalar replacement pass, or the
- * accumulator array stays in memory: zeroed on the stack, kept in registers only inside the
- * k loop, and stored back for the epilogue, which at kc = 1 (a batch of 1) doubles a tile's
- * cost. GCC unrolls the other tile loops in time by itself. */
+/* Loops over an array of vectors meant to live in registers (the micro-kernels' tile of
+ * accumulators, the transpose's rows) must be unrolled before GCC's scalar replacement pass,
+ * or the array stays in memory: for the tile, zeroed on the stack, kept in registers only
+ * inside the k loop and stored back for the epilogue, which at kc = 1 (a batch of 1) doubled
+ * a tile's cost. GCC unrolls the tile's other loops in time by itself. */
 #define UNROLL _Pragma("GCC unroll 8")
+#define UNROLL_ALL _Pragma("GCC unroll 16")
+
+/* TRANSPOSE: defines NAME(src, lds, dst, ldd), dst[c * ldd + r] = src[r * lds + c] for one
+ * VL x VL block, through registers: VL row loads, log2(VL) rounds of two-source shuffles (the
+ * round for b swaps the b-element blocks between rows i and i + b: row i keeps the first
+ * block of every pair, row i + b the second), VL stores. For pack()'s transposes: one
+ * element at a time, the panel's stores land NR elements apart, a line each. */
+#define TRANSPOSE(NAME, T, V, VI, VL, IOTA)                                               \
+static inline void NAME(const T *restrict src, long lds, T *restrict dst, long ldd)       \
+{                                                                                         \
+    V r[VL];                                                                              \
+    UNROLL_ALL for (int i = 0; i < VL; ++i)                                               \
+        r[i] = *(const V *)(src + i * lds);                                               \
+    UNROLL_ALL for (int b = VL / 2; b; b /= 2) {                                          \
+        /* lane e of row i: its own lane e, or lane e - b of row i + b; of row i + b: */  \
+        /* lane e + b of row i, or its own lane e (an index >= VL picks the 2nd vector) */\
+        const VI e = IOTA, from_second = (e & b) != 0;                                    \
+        const VI lo = e + (from_second & (VL - b)), hi = lo + b;                          \
+        UNROLL_ALL for (int i = 0; i < VL; ++i)                                           \
+            if (!(i & b)) {                                                               \
+                V x = r[i], y = r[i + b];                                                 \
+                r[i] = __builtin_shuffle(x, y, lo);                                       \
+                r[i + b] = __builtin_shuffle(x, y, hi);                                   \
+            }                                                                             \
+    }                                                                                     \
+    UNROLL_ALL for (int i = 0; i < VL; ++i)                                               \
+        *(V *)(dst + i * ldd) = r[i];                                                     \
+}
+
 
 /* UKR(T, V, VL, MR, NR): defines ukr_<T>_strided, the MR x NR micro-kernel
  *
@@ -183,5 +216,9 @@ UKR(ukr_float_r1, float, vf32, vi32, 16, 1, NR_F32, 4)
 UKR(ukr_double_r4, double, vf64, vi64, 8, 4, NR_F64, 1)
 UKR(ukr_double_r2, double, vf64, vi64, 8, 2, NR_F64, 2)
 UKR(ukr_double_r1, double, vf64, vi64, 8, 1, NR_F64, 4)
+
+TRANSPOSE(transpose_f32, float, vf32, vi32, VL_F32,
+          ((vi32){0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}))
+TRANSPOSE(transpose_f64, double, vf64, vi64, VL_F64, ((vi64){0, 1, 2, 3, 4, 5, 6, 7}))
 
 #endif

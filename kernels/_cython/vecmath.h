@@ -13,7 +13,6 @@
 #include <stdint.h>
 #include "microkernel.h"
 
-#define VL_F32 16
 #define SOFTMAX_BLOCK_ROWS 128   /* rows per block: 2 x 128 x 10 floats = 10 KiB, in L1 */
 
 static inline vf32 vmax_f32(vf32 a, vf32 b)
