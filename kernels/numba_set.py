@@ -23,9 +23,10 @@ Design note
 * Packing and the epilogue index flat arrays with unsigned indices (``U``): Numba's
   negative-index fix-up on signed indices, and the reference counting of per-row views, each
   kept those loops scalar and slow (the whole matmul ran at a quarter of the kernel's speed).
-* Small problems skip packing: the micro-kernel takes strides, so on one thread it reads A
-  and a non-transposed B in place; only an edge micro-panel (which the full-width kernel would
-  read past) is packed, zero padded. Past PACK_MIN_FMAS, and always on threads, it packs.
+* Small problems skip packing where it pays: the micro-kernel takes strides, so it reads a
+  transposed A (contiguous along i, as a packed panel is) and a non-transposed B in place;
+  only an edge micro-panel (which the full-width kernel would read past) is packed, zero
+  padded. Past PACK_MIN_FMAS, or with A not transposed (12 rows k apart), it packs.
 * Threads split the output into row (or column) ranges, one task per thread, each running the
   five loops on its own range with its own packing buffers (``prange`` over tasks, the one
   parallel loop of the matmul). Problems under PARALLEL_MIN_FMAS run on one thread: the
@@ -96,11 +97,13 @@ BLOCKING = {  # itemsize -> (MR, NR, KC, MC, NC)
 }
 # Below this many multiply-adds a matmul runs on one thread (fork/join costs ~5 us).
 PARALLEL_MIN_FMAS = 1 << 19
-# On one thread, below this many multiply-adds the operands are read in place (a transposed B
-# is always packed: the kernel needs B contiguous along j). Measured, float32: 512x128x64 in
-# place 100 us, packed 110; 128x784x128 in place 308, packed 293. The threaded path always
-# packs: reading A in place did not scale to two threads (512x784x128: 1.2 ms on one or two).
-PACK_MIN_FMAS = 1 << 23
+# Below this many multiply-adds a transposed A (x^T g, a weight gradient) and B are read in
+# place; A not transposed, and a transposed B, are always packed (the kernel needs B contiguous
+# along j). Measured, float32, in place vs packed, one thread: x^T g 784x128x128 243 vs 270
+# us, 784x512x128 0.95 vs 1.05 ms, 1024^3 24.5 vs 22.1 ms; two threads, 784x128x128 140 vs
+# 168 us. A not transposed: 32x784x128 98 vs 87 us, 128x784x128 384 vs 320, on two threads
+# 512x784x128 1.1 vs 0.6 ms (its rows, k apart, did not scale).
+PACK_MIN_FMAS = 1 << 26
 # Skinny problems run one row of C at a time (_gemm_rows): up to this many rows of C, or this
 # deep a k. Measured, float32, rows vs tiles: 1x784x128 4.9 vs 27 us, 4x784x128 19 vs 26,
 # 6x784x128 26 vs 26; g w^T 1x64x128 1.0 vs 5.5, 8x64x128 5.2 vs 5.6; x^T g 784x1x128 13 vs
@@ -493,14 +496,14 @@ def _gemm(a, b, c, trans_a, trans_b, bias, relu, threads, work):
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
     fmas = m * n * k
+    pack = trans_b or not trans_a or fmas >= PACK_MIN_FMAS
     if m <= ROWS_MAX_M or k <= ROWS_MAX_K:
         _gemm_rows(a, b, c, trans_a, trans_b, bias, relu)
     elif threads == 1 or fmas < PARALLEL_MIN_FMAS:
-        pack = trans_b or fmas >= PACK_MIN_FMAS
         zero = _runtime(0)
         _gemm_range(a, b, c, trans_a, trans_b, bias, relu, zero, m, zero, n, pack, work)
     else:
-        _gemm_threads(a, b, c, trans_a, trans_b, bias, relu, threads, _runtime(True), work)
+        _gemm_threads(a, b, c, trans_a, trans_b, bias, relu, threads, pack, work)
 
 
 # ---------------------------------------------------------------- scratch memory
@@ -729,8 +732,9 @@ def linear(x, w, b, out, relu):
 @njit(cache=True, fastmath=True)
 def _bias_grad(grad_y, y, grad_b, relu, g, sums):
     # grad_y, y, g (B, out), grad_b (out,), sums (>= out,) float64 scratch. Writes
-    # g = grad_y * (y > 0) if relu (g may be grad_y itself) and grad_b = sum over rows of g,
-    # in one pass over grad_y; returns g, or grad_y when not relu (g is then untouched).
+    # g = grad_y * (y > 0) if relu and grad_b = sum over rows of g, in one pass over grad_y;
+    # returns g, or grad_y when not relu (g is then untouched). g should not be grad_y: in
+    # place, the vectoriser's run-time overlap check fails and the loop runs scalar, 3x slower.
     batch, n_out = grad_y.shape
     sums[:n_out] = 0
     for i in range(batch):
@@ -967,11 +971,11 @@ def _rows(buf, rows, n):
 
 @njit(cache=True)
 def _train_steps(ws, bs, x, labels, order, batch, losses, adam, hyper, step, s1w, s1b, s2w, s2b,
-                 use_velocity, xb, yb, acts, grads, gws, gbs, sums, threads, work):
+                 use_velocity, xb, yb, acts, grads, gmask, gws, gbs, sums, threads, work):
     # ws, bs: the layers' weights and biases; s1 (velocity, or Adam's m) and s2 (Adam's v) the
     # optimizer state shaped like them (ws and bs stand in where unused). xb, yb, acts[i],
     # grads[i]: flat buffers for one batch: its rows, labels, layer outputs and their gradients;
-    # gws, gbs: the parameters' gradients.
+    # gmask: a layer's gradient through its ReLU; gws, gbs: the parameters' gradients.
     lr, momentum, weight_decay, beta1, beta2, eps = hyper
     sgd_h = _sgd_hyper(xb, lr, momentum, weight_decay)
     n_layers = len(ws)
@@ -996,9 +1000,9 @@ def _train_steps(ws, bs, x, labels, order, batch, losses, adam, hyper, step, s1w
         for i in range(last, -1, -1):
             n_in, n_out = ws[i].shape
             a = _rows(xb, rows, n0) if i == 0 else _rows(acts[i - 1], rows, n_in)
-            g = _rows(grads[i], rows, n_out)
-            # the gradient at the pre-activation, in place, and db
-            _bias_grad(g, _rows(acts[i], rows, n_out), gbs[i], i < last, g, sums)
+            # the gradient at the pre-activation (into gmask, past a ReLU), and db
+            g = _bias_grad(_rows(grads[i], rows, n_out), _rows(acts[i], rows, n_out), gbs[i], i < last,
+                           _rows(gmask, rows, n_out), sums)
             if i > 0:   # grad_x = g w^T, into the previous layer's gradient
                 _gemm(g, ws[i], _rows(grads[i - 1], rows, n_in), no, yes, no_bias, no, threads, work)
             if rows == 1:
@@ -1032,6 +1036,7 @@ def train_steps(params, x, labels, order, batch, losses, opt):
         for n_in, n_out in zip(sizes, sizes[1:])))
     _train_steps(ws, bs, x, labels, order, batch, losses, opt.kind == "adam", hyper, opt.step,
                  s1w, s1b, s2w, s2b, opt.state is not None, np.empty(rows * sizes[0], dtype),
-                 np.empty(rows, np.int64), acts, grads, tuple(np.empty_like(w) for w in ws),
+                 np.empty(rows, np.int64), acts, grads, np.empty(rows * max(sizes[1:]), dtype),
+                 tuple(np.empty_like(w) for w in ws),
                  tuple(np.empty_like(b) for b in bs), _scratch_for("sums", np.dtype(np.float64), max(sizes)),
                  threads, work)
