@@ -78,8 +78,11 @@ class NumpyArrays:
         dst[...] = src
 
     def take_rows(self, x, idx, out):
-        """out[...] = x[idx] along the first axis, into preallocated ``out``."""
-        np.take(x, idx, axis=0, out=out)
+        """out[...] = x[idx] along the first axis, into preallocated ``out``. The indices are
+        checked already: mode="clip" skips NumPy's own check, which under the default
+        mode="raise" writes into a temporary copy of ``out`` (a page-faulting allocation a
+        step) so that a bad index leaves ``out`` untouched."""
+        np.take(x, idx, axis=0, out=out, mode="clip")
 
 
 class TorchArrays:

@@ -248,6 +248,9 @@ class Batches:
     def order(self, perm: np.ndarray):
         """An epoch's sample order (NumPy int64) in the form gather() takes (native indices)."""
         perm = np.ascontiguousarray(perm, dtype=np.int64)
+        if perm.size and (perm.min() < 0 or perm.max() >= self.n):  # once an epoch; gather trusts it
+            raise ValueError(f"sample order must index the {self.n} training samples, found "
+                             f"{perm.min() if perm.min() < 0 else perm.max()}")
         if self.is_numpy:
             return perm
         import torch
@@ -255,9 +258,12 @@ class Batches:
         return torch.from_numpy(perm).to(self.x.device)
 
     def gather(self, idx, buf: _Buffers) -> None:
+        """buf.x, buf.y = the rows ``idx`` (from order(): a permutation's slice, so in range)."""
         if self.is_numpy:
-            np.take(self.x, idx, axis=0, out=buf.x)
-            np.take(self.y, idx, out=buf.y)
+            # mode="clip": the default "raise" gathers into a temporary copy of out, an
+            # allocation (and page faults) every step
+            np.take(self.x, idx, axis=0, out=buf.x, mode="clip")
+            np.take(self.y, idx, out=buf.y, mode="clip")
         else:
             import torch
 
