@@ -21,6 +21,7 @@ _ext = load("fast")
 _naive = load("naive")
 
 THREADS_KEY = "openmp"
+CHECKS_LABELS = True   # softmax_cross_entropy checks the label range itself (-1 if one is out)
 
 set_threads = _ext.set_threads
 matmul = _ext.matmul

@@ -41,7 +41,7 @@ Design note (after scikit-learn's ``_loss.pyx``; the matmul after bluss's matrix
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cython.parallel cimport prange, threadid
 from libc.math cimport exp, log, sqrt, sqrtf
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy, memset
 
 cdef extern from "microkernel.h" nogil:
@@ -792,11 +792,17 @@ cdef double softmax_cross_entropy_op(const floating *z, const int64_t *labels, f
 
 cdef double _softmax_cross_entropy(const floating[:, ::1] logits, const int64_t[::1] labels,
                                    floating[:, ::1] grad) noexcept:
-    # logits (B, C), labels (B,) int64, grad (B, C); returns the mean loss
+    # logits (B, C), labels (B,) int64, grad (B, C); returns the mean loss, or -1 if a label
+    # is outside [0, C) (CHECKS_LABELS in cython_set.py: the front does not check the range,
+    # since one compare per row here is cheaper than a NumPy reduction there)
     cdef double loss
+    cdef Py_ssize_t i, classes = logits.shape[1]
     with nogil:
+        for i in range(labels.shape[0]):
+            if <uint64_t>labels[i] >= <uint64_t>classes:   # a negative label wraps to huge
+                return -1.0
         loss = softmax_cross_entropy_op(&logits[0, 0], &labels[0], &grad[0, 0],
-                                        logits.shape[0], logits.shape[1])
+                                        logits.shape[0], classes)
     return loss
 
 
