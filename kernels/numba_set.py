@@ -27,6 +27,9 @@ Design note
   transposed A (contiguous along i, as a packed panel is) and a non-transposed B in place;
   only an edge micro-panel (which the full-width kernel would read past) is packed, zero
   padded. Past PACK_MIN_FMAS, or with A not transposed (12 rows k apart), it packs.
+* Skinny products skip the tiles: with a few rows (a batch of one sample) or a short k (the
+  outer product of its weight gradient) the MR x NR tile would be mostly padding, and
+  ``_gemm_rows`` computes one row of C at a time with loops LLVM vectorises.
 * Threads split the output into row (or column) ranges, one task per thread, each running the
   five loops on its own range with its own packing buffers (``prange`` over tasks, the one
   parallel loop of the matmul). Problems under PARALLEL_MIN_FMAS run on one thread: the
@@ -39,13 +42,16 @@ Design note
   zero-division check otherwise blocks vectorisation (Adam ran scalar). ``parallel=True``
   only where it pays: the matmul's task loop, softmax over rows and the elementwise ops, each
   taken only above a size threshold.
-* Specialisations: one per dtype. Jitted entry points take only C-contiguous arrays, Python
+* Specialisations: one per dtype (train_steps: per dtype and layer count, its layers held in
+  homogeneous tuples). Jitted entry points take only C-contiguous arrays, tuples of them, Python
   bools and floats; constants are never passed as literals between jitted functions (a
   literal False compiles a second copy of the callee): they go through ``_runtime``. Thin
   Python wrappers exist only where the protocol passes None (linear_backward's grad_x, sgd's
-  velocity), the thread count, or scratch memory.
+  velocity) or lists (train_steps), and for the thread count and scratch memory.
 * No allocation per call: packing buffers and other scratch come from arrays that persist
   between calls and only grow (``_scratch_for``), passed down by the Python wrappers.
+* train_steps is kernels/_steps.py's per_op compiled: one jitted loop over the steps calls the
+  kernels above directly, with no Python between ops and no allocation inside the loop.
 * Kernels receive checked, C-contiguous arrays (kernels/_front.py); no bounds checks. Loss,
   softmax row sums and bias gradients accumulate in float64.
 """
@@ -919,11 +925,13 @@ def _outer_update(a, g, p, s1, s2, adam, sgd_h, adam_h, use_velocity):
     # The optimizer's step on p (n_in, n_out) for one sample: its gradient is the outer
     # product a^T g (a (1, n_in), g (1, n_out)), each element computed where it is applied, so
     # the gradient is never written out. At a batch of one the weights are the step's largest
-    # memory traffic, and this reads and writes them once (the gradient, then the update,
-    # twice more). s1, s2: the state shaped like p (velocity or Adam's m; Adam's v).
-    # Measured, 784x128 float32: 8 us; x^T g then the update pass: 13 + 10 us. (A gradient row
-    # buffered in L1, for batches of a few samples, ran at 10 to 20 us: its stores and the
-    # loads of p that follow them alias, depending on where the buffer falls.)
+    # memory traffic: this reads and writes them once, where x^T g and then the update pass
+    # write the gradient, read it back and read and write the weights. s1, s2: the state
+    # shaped like p (velocity or Adam's m; Adam's v).
+    # Measured, 784x128 float32, one thread: 7 us; x^T g then the update: 13 + 10 us. (A row of
+    # the gradient summed over a batch of a few samples into an L1 buffer first ran at 10 to
+    # 20 us: the stores to it and the loads of p that follow alias, depending on where the
+    # buffer falls. Computing the next step's x @ w in the same pass did not pay either.)
     n_in, n_out = p.shape
     af, gf = a.reshape(a.size), g.reshape(g.size)
     pf, s1f, s2f = p.reshape(p.size), s1.reshape(s1.size), s2.reshape(s2.size)
@@ -1014,29 +1022,30 @@ def _train_steps(ws, bs, x, labels, order, batch, losses, adam, hyper, step, s1w
 
 
 def train_steps(params, x, labels, order, batch, losses, opt):
-    # params [w1, b1, ..., wL, bL]; opt a kernels._steps.Optimizer. Lists become tuples (one
-    # type per layer count and dtype, whatever the optimizer); buffers are allocated per call.
-    ws, bs = tuple(params[0::2]), tuple(params[1::2])
-    dtype, threads = x.dtype, _threads[0]
-    rows = min(batch, order.shape[0])
-    sizes = [x.shape[1]] + [w.shape[1] for w in ws]
+    # params [w1, b1, ..., wL, bL]; opt a kernels._steps.Optimizer. The lists become tuples,
+    # of one type per dtype and layer count whatever the optimizer: the parameters stand in
+    # for state that is not there. The buffers for one batch are allocated once per call.
     if opt.kind == "adam":
-        m, v = opt.state
-        s1w, s1b, s2w, s2b = tuple(m[0::2]), tuple(m[1::2]), tuple(v[0::2]), tuple(v[1::2])
-    elif opt.state is not None:  # SGD with momentum: the velocities
-        s1w, s1b, s2w, s2b = tuple(opt.state[0::2]), tuple(opt.state[1::2]), ws, bs
+        s1, s2 = opt.state                     # m, v
+    elif opt.state is not None:
+        s1, s2 = opt.state, params             # the velocities
     else:
-        s1w, s1b, s2w, s2b = ws, bs, ws, bs
-    hyper = (opt.lr, opt.momentum, opt.weight_decay, opt.beta1, opt.beta2, opt.eps)
+        s1, s2 = params, params
+    dtype, threads = x.dtype, _threads[0]
+    rows = min(batch, order.shape[0])          # of the largest step
+    sizes = [x.shape[1]] + [p.shape[1] for p in params[0::2]]
+    xb, yb = np.empty(rows * sizes[0], dtype), np.empty(rows, np.int64)
     acts = tuple(np.empty(rows * n, dtype) for n in sizes[1:])
     grads = tuple(np.empty(rows * n, dtype) for n in sizes[1:])
+    gmask = np.empty(rows * max(sizes[1:]), dtype)
+    grad_params = [np.empty_like(p) for p in params]
+    sums = _scratch_for("sums", np.dtype(np.float64), max(sizes))
     work = _scratch_for("work", dtype, max(
         max(_gemm_work_size(dtype, rows, n_out, n_in, threads),
             _backward_work_size(dtype, rows, n_in, n_out, threads))
         for n_in, n_out in zip(sizes, sizes[1:])))
-    _train_steps(ws, bs, x, labels, order, batch, losses, opt.kind == "adam", hyper, opt.step,
-                 s1w, s1b, s2w, s2b, opt.state is not None, np.empty(rows * sizes[0], dtype),
-                 np.empty(rows, np.int64), acts, grads, np.empty(rows * max(sizes[1:]), dtype),
-                 tuple(np.empty_like(w) for w in ws),
-                 tuple(np.empty_like(b) for b in bs), _scratch_for("sums", np.dtype(np.float64), max(sizes)),
-                 threads, work)
+    hyper = (opt.lr, opt.momentum, opt.weight_decay, opt.beta1, opt.beta2, opt.eps)
+    _train_steps(tuple(params[0::2]), tuple(params[1::2]), x, labels, order, batch, losses,
+                 opt.kind == "adam", hyper, opt.step, tuple(s1[0::2]), tuple(s1[1::2]),
+                 tuple(s2[0::2]), tuple(s2[1::2]), opt.state is not None, xb, yb, acts, grads, gmask,
+                 tuple(grad_params[0::2]), tuple(grad_params[1::2]), sums, threads, work)

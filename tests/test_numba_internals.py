@@ -97,7 +97,7 @@ def _optimizer(spec, params):
     return Optimizer(**spec, state=state)
 
 
-def _train(fused, sizes, batch, spec, dtype, threads):
+def _train(fused, sizes, batch, spec, dtype):
     """(losses, params, optimizer state) after one train_steps call, fused or op by op."""
     rng = np.random.default_rng(3)
     samples = 23
@@ -106,37 +106,55 @@ def _train(fused, sizes, batch, spec, dtype, threads):
     order = rng.integers(0, samples, 2 * samples + 1)   # repeats, and a partial last batch
     params = []
     for n_in, n_out in zip(sizes, sizes[1:]):
-        params += [(_rand(rng, (n_in, n_out), dtype) / np.sqrt(n_in)).astype(dtype), _rand(rng, (n_out,), dtype) / 10]
+        params.append((_rand(rng, (n_in, n_out), dtype) / np.sqrt(n_in)).astype(dtype))
+        params.append(_rand(rng, (n_out,), dtype) / 10)
     opt = _optimizer(spec, params)
     losses = np.full(n_steps(len(order), batch), np.nan, dtype)
-    numba_set.set_threads(threads)
     if fused:
         numba_set.train_steps(params, x, labels, order, batch, losses, opt)
     else:
         per_op(numba_set, NumpyArrays("cpu"), params, x, labels, order, batch, losses, opt)
-    state = [] if opt.state is None else (opt.state[0] + opt.state[1] if spec["kind"] == "adam" else opt.state)
-    return losses, params, state
+    if opt.state is None:
+        return losses, params, []
+    return losses, params, opt.state[0] + opt.state[1] if spec["kind"] == "adam" else opt.state
+
+
+@pytest.fixture
+def two_threads():
+    threads = numba_set._threads[0]
+    numba_set.set_threads(2)
+    yield
+    numba_set.set_threads(threads)
+
+
+# 1 to 3 layers; the widest, at a batch of all 47 rows, is past PARALLEL_MIN_FMAS (threads)
+SIZES = [[9, 4], [9, 17, 4], [120, 97, 33, 5]]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("opt", list(OPTIMIZERS))
-@pytest.mark.parametrize("sizes", [[9, 4], [9, 17, 4], [40, 33, 9, 5]], ids=lambda s: f"{len(s) - 1}layers")
-def test_fused_train_steps_match_per_op(sizes, opt, dtype):
+@pytest.mark.parametrize("sizes", SIZES, ids=lambda s: f"{len(s) - 1}layers")
+def test_fused_train_steps_match_per_op(sizes, opt, dtype, two_threads):
     """The fused loop is per_op on the same kernels: the same losses, parameters and state,
-    for 1 to 3 layers, batches of 1, of 5 (a partial last batch) and of all rows at once."""
+    at batches of 1 (_outer_update), 5 (a partial last batch of 2: _gemm_rows) and all rows."""
     # Rounding apart: the fused loop may contract a product into the next addition where the
     # ops store it first, and over 47 steps such differences grow to a few ulps of the largest
     # value, so the tolerance scales with each array's largest magnitude.
     tol = 1e-5 if dtype == np.float32 else 1e-12
-    threads = numba_set._threads[0]
-    try:
-        for batch in (1, 5, 64):
-            want = _train(False, sizes, batch, OPTIMIZERS[opt], dtype, 2)
-            got = _train(True, sizes, batch, OPTIMIZERS[opt], dtype, 2)
-            for name, g, w in zip(("losses", "params", "state"), got, want):
-                assert len(g) == len(w)
-                for j, (a, b) in enumerate(zip(g, w) if name != "losses" else [(g, w)]):
-                    np.testing.assert_allclose(a, b, rtol=tol, atol=tol * max(1.0, np.abs(b).max()),
-                                               err_msg=f"{name}[{j}], batch {batch}")
-    finally:
-        numba_set.set_threads(threads)
+    for batch in (1, 5, 64):
+        want = _train(False, sizes, batch, OPTIMIZERS[opt], dtype)
+        got = _train(True, sizes, batch, OPTIMIZERS[opt], dtype)
+        for name, g, w in zip(("losses", "params", "state"), got, want):
+            assert len(g) == len(w)
+            for j, (a, b) in enumerate(zip(g, w) if name != "losses" else [(g, w)]):
+                np.testing.assert_allclose(a, b, rtol=tol, atol=tol * max(1.0, np.abs(b).max()),
+                                           err_msg=f"{name}[{j}], batch {batch}")
+
+
+def test_fused_train_steps_compile_once_per_layer_count():
+    """Optimizer and batch size do not change the jitted loop's types: no compile per call."""
+    before = len(numba_set._train_steps.signatures)
+    for opt in OPTIMIZERS:
+        for batch in (1, 5):
+            _train(True, [9, 17, 4], batch, OPTIMIZERS[opt], np.float32)
+    assert len(numba_set._train_steps.signatures) <= before + 1
