@@ -68,6 +68,7 @@ from numba.extending import intrinsic, overload
 from . import numba_naive
 
 THREADS_KEY = "numba"
+CHECKS_LABELS = True   # softmax_cross_entropy checks the label range itself (-1 if one is out)
 
 
 def set_threads(n):
@@ -713,8 +714,13 @@ def _softmax_ce_parallel(logits, labels, grad):
 
 @njit(cache=True, error_model="numpy")
 def softmax_cross_entropy(logits, labels, grad):
-    # logits (B, C), labels (B,) int64, grad (B, C); returns the mean loss (float64)
-    batch = logits.shape[0]
+    # logits (B, C), labels (B,) int64, grad (B, C); returns the mean loss (float64), or -1
+    # if a label is outside [0, C) (CHECKS_LABELS: the front leaves the range to this loop,
+    # one compare a row, cheaper than a NumPy reduction)
+    batch, classes = logits.shape
+    for i in range(batch):
+        if labels[i] < 0 or labels[i] >= classes:
+            return -1.0
     if batch >= PARALLEL_MIN_ROWS:
         return _softmax_ce_parallel(logits, labels, grad)
     inv_batch = 1.0 / batch
