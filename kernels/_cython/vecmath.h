@@ -113,33 +113,43 @@ static inline double softmax_xent_small_rows_f32(const float *z, const int64_t *
                                                  float *g, long rows, long classes,
                                                  double inv_batch)
 {
-    double loss = 0.0;
-    for (long i = 0; i < rows; ++i) {
-        const float *zi = z + i * classes;
-        float *gi = g + i * classes;
-        float m = zi[0];
-        for (long j = 1; j < classes; ++j)
-            m = zi[j] > m ? zi[j] : m;
-        for (long j = 0; j < classes; ++j)
-            gi[j] = zi[j] - m;
+    double loss = 0.0, product = 1.0;
+    float zmax[SOFTMAX_BLOCK_ROWS];
+    for (long i0 = 0; i0 < rows; i0 += SOFTMAX_BLOCK_ROWS) {
+        long n = rows - i0 < SOFTMAX_BLOCK_ROWS ? rows - i0 : SOFTMAX_BLOCK_ROWS;
+        for (long i = 0; i < n; ++i) {
+            const float *zi = z + (i0 + i) * classes;
+            float *gi = g + (i0 + i) * classes;
+            float m = zi[0];
+            for (long j = 1; j < classes; ++j)
+                m = zi[j] > m ? zi[j] : m;
+            zmax[i] = m;
+            for (long j = 0; j < classes; ++j)
+                gi[j] = zi[j] - m;
+        }
+        exp_inplace_f32(g + i0 * classes, n * classes);
+        for (long i = 0; i < n; ++i) {
+            const float *zi = z + (i0 + i) * classes;
+            float *gi = g + (i0 + i) * classes;
+            int64_t label = labels[i0 + i];
+            float total = 0.0f;                  /* in [1, classes]: exact enough in float */
+            for (long j = 0; j < classes; ++j)
+                total += gi[j];
+            float scale = (float)(inv_batch / total);
+            for (long j = 0; j < classes; ++j)
+                gi[j] *= scale;
+            gi[label] -= (float)inv_batch;
+            /* sum of log(total) as the log of a product: one log per 64 rows instead of one
+             * a row (each total is at most 16 here, so 64 of them stay below 2^256) */
+            product *= (double)total;
+            if ((i & 63) == 63) {
+                loss += log(product);
+                product = 1.0;
+            }
+            loss -= (double)zi[label] - (double)zmax[i];
+        }
     }
-    exp_inplace_f32(g, rows * classes);
-    for (long i = 0; i < rows; ++i) {
-        const float *zi = z + i * classes;
-        float *gi = g + i * classes;
-        float total = 0.0f;                      /* <= classes: exact enough in float */
-        float m = zi[0];
-        for (long j = 1; j < classes; ++j)
-            m = zi[j] > m ? zi[j] : m;
-        for (long j = 0; j < classes; ++j)
-            total += gi[j];
-        float scale = (float)(inv_batch / total);
-        for (long j = 0; j < classes; ++j)
-            gi[j] *= scale;
-        gi[labels[i]] -= (float)inv_batch;
-        loss += log((double)total) - ((double)zi[labels[i]] - (double)m);
-    }
-    return loss;
+    return loss + log(product);
 }
 
 #endif
