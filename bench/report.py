@@ -639,6 +639,19 @@ def analysis(res: Results, peak, fc, tta):
                 para.append(f"At 128×10, `{s}` is {ta / ts:.1f}× faster than `F.cross_entropy` + `.backward()`, "
                             "whose cost at this size is autograd's graph building and the dispatch of each of its "
                             "ops, not arithmetic.")
+                tiny = [c for c in C.mlp_matmul_cases() if c.params["batch"] == 1 and c.params["kind"] == "fwd"]
+                floor = res.median("matmul", tiny[-1].id, s) if tiny else None
+                if floor and ta / ts < 10:
+                    rest = max(ts - floor, 0.0)
+                    para.append(f"A 10× lead leaves {fmt_time(ta / 10)} a call, and the cheapest call into `{s}` "
+                                f"through the interface (the batch-1 matmul {tiny[-1].label}, a few hundred flops) "
+                                f"already takes {fmt_time(floor)}; the other {fmt_time(rest)} of its "
+                                f"{fmt_time(ts)} is the kernel's work on 1,280 logits, so "
+                                + ("the interface's per-call cost, not the arithmetic, is what stands between "
+                                   "it and 10×." if rest < floor else
+                                   "the kernel itself is the larger part" + (
+                                       ": Numba has no vector exp here (no SVML), so each logit's exp is a "
+                                       "scalar call." if s == "numba" else ".")))
         out += [" ".join(para), ""]
 
     # -- fusion
