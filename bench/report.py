@@ -768,7 +768,9 @@ def profile_section(prof, peak=None):
         f"its `train_steps` (its kernels without the checks) still takes {numpy1['train_steps_us']:.0f} µs a "
         f"step, {numpy1['train_steps_us'] / best['train_steps_us']:.0f}× the fused step. At batch 1 the "
         f"arithmetic is {step_flops(batch=1) / 1e6:.2f} MFLOP a step; what dominates is streaming the first "
-        "layer's 401 KB of weights three times (forward, grad_w, update) through L2.", ""]
+        "layer's 401 KB of weights through L2: read by the forward pass, then read and written by the "
+        "update, into which the fused loops fold the weight gradient (at one sample an outer product, "
+        "never stored).", ""]
     if all((s, 128) in by for s in compiled + ["numpy"]):
         b, n = by[(fast(128), 128)], by[("numpy", 128)]
         flops = step_flops(batch=128)
