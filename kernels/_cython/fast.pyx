@@ -634,36 +634,32 @@ cdef void _matmul(const floating[:, ::1] a, const floating[:, ::1] b, floating[:
     scratch_give(ws)
 
 
+cdef void _matmul_variant(a, b, out, bint trans_a, bint trans_b, int variant) except *:
+    # the dtype dispatch that every matmul entry point below shares
+    if a.itemsize == 4:
+        _matmul[float](a, b, out, trans_a, trans_b, variant)
+    else:
+        _matmul[double](a, b, out, trans_a, trans_b, variant)
+
+
 def matmul(a, b, out, bint trans_a, bint trans_b):
     """out = op(a) @ op(b): the small-size path or threaded BLIS, whichever fits the shape."""
-    if a.itemsize == 4:
-        _matmul[float](a, b, out, trans_a, trans_b, MATMUL_AUTO)
-    else:
-        _matmul[double](a, b, out, trans_a, trans_b, MATMUL_AUTO)
+    _matmul_variant(a, b, out, trans_a, trans_b, MATMUL_AUTO)
 
 
 def matmul_blocked(a, b, out, bint trans_a, bint trans_b):
     """Ladder step: cache-blocked loops, one thread."""
-    if a.itemsize == 4:
-        _matmul[float](a, b, out, trans_a, trans_b, MATMUL_BLOCKED)
-    else:
-        _matmul[double](a, b, out, trans_a, trans_b, MATMUL_BLOCKED)
+    _matmul_variant(a, b, out, trans_a, trans_b, MATMUL_BLOCKED)
 
 
 def matmul_packed(a, b, out, bint trans_a, bint trans_b):
     """Ladder step: BLIS packing + the register-blocked micro-kernel, one thread."""
-    if a.itemsize == 4:
-        _matmul[float](a, b, out, trans_a, trans_b, MATMUL_PACKED)
-    else:
-        _matmul[double](a, b, out, trans_a, trans_b, MATMUL_PACKED)
+    _matmul_variant(a, b, out, trans_a, trans_b, MATMUL_PACKED)
 
 
 def matmul_threaded(a, b, out, bint trans_a, bint trans_b):
     """Ladder step: BLIS with OpenMP threads over row blocks (LOOP 3), whatever the size."""
-    if a.itemsize == 4:
-        _matmul[float](a, b, out, trans_a, trans_b, MATMUL_THREADED)
-    else:
-        _matmul[double](a, b, out, trans_a, trans_b, MATMUL_THREADED)
+    _matmul_variant(a, b, out, trans_a, trans_b, MATMUL_THREADED)
 
 
 # ====================================================================================== relu
