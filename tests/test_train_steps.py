@@ -29,8 +29,8 @@ def make_problem(sizes, samples, seed):
     return params, x, y
 
 
-def torch_reference(params, x, y, order, batch, hyper, step=0, state=None):
-    """(losses, params, optimizer) after training float64 copies with autograd and torch.optim."""
+def torch_reference(params, x, y, order, batch, hyper):
+    """(losses, params) after training float64 copies with autograd and torch.optim."""
     ps = [torch.tensor(p, dtype=torch.float64, requires_grad=True) for p in params]
     kind = hyper["optimizer"]
     if kind == "sgd":
@@ -57,7 +57,7 @@ def torch_reference(params, x, y, order, batch, hyper, step=0, state=None):
 
 
 def run_set(ks, params, x, y, order, batch, hyper, dtype):
-    """(losses, params, state) after ks.train_steps on copies in ``dtype``."""
+    """(losses, params) after ks.train_steps on copies in ``dtype``."""
     native = [ks.asarray(np.ascontiguousarray(p, dtype)) for p in params]
     kwargs = dict(hyper)
     zeros = lambda: [ks.asarray(np.zeros(p.shape, dtype)) for p in params]  # noqa: E731
