@@ -23,6 +23,30 @@ class NumpyArrays:
     def is_native(self, x) -> bool:
         return isinstance(x, np.ndarray)
 
+    # The fast paths of the front's checks: one call that says "all is well" for the common
+    # case; when it does not, the front runs its checks one by one to say what is wrong.
+
+    def float_dtype(self, x):
+        """x's dtype when x is a float32 or float64 ndarray, else None."""
+        if isinstance(x, np.ndarray):
+            dtype = x.dtype
+            if dtype in FLOAT_DTYPES:
+                return dtype
+        return None
+
+    def ready_out(self, out, shape, dtype) -> bool:
+        """out is an ndarray of this shape and dtype, C-contiguous and writeable."""
+        if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != dtype:
+            return False
+        flags = out.flags
+        return flags.c_contiguous and flags.writeable
+
+    def int_vector(self, x, n):
+        """x as a contiguous int64 array when x is an integer ndarray of shape (n,), else None."""
+        if isinstance(x, np.ndarray) and x.shape == (n,) and x.dtype.kind in "iu":
+            return np.ascontiguousarray(x, dtype=np.int64)
+        return None
+
     def dtype(self, x) -> np.dtype:
         return x.dtype
 
@@ -72,6 +96,10 @@ class NumpyArrays:
         return int(x.min()), int(x.max())
 
     def overlaps(self, a, b) -> bool:
+        # Two distinct arrays that each own their memory cannot share it: two flag reads,
+        # cheaper than asking np.may_share_memory (this runs on every op with out=).
+        if a is not b and a.flags.owndata and b.flags.owndata:
+            return False
         return np.may_share_memory(a, b)
 
     def copy_into(self, dst, src):
@@ -102,6 +130,22 @@ class TorchArrays:
 
     def is_native(self, x) -> bool:
         return isinstance(x, self.torch.Tensor)
+
+    def float_dtype(self, x):
+        if isinstance(x, self.torch.Tensor) and self.on_device(x):
+            return self._to_numpy_dtype.get(x.dtype)
+        return None
+
+    def ready_out(self, out, shape, dtype) -> bool:
+        return (isinstance(out, self.torch.Tensor) and tuple(out.shape) == shape
+                and self._to_numpy_dtype.get(out.dtype) == dtype and self.on_device(out)
+                and self.writeable(out) and out.is_contiguous())
+
+    def int_vector(self, x, n):
+        if (isinstance(x, self.torch.Tensor) and x.dtype in self._int_dtypes and tuple(x.shape) == (n,)
+                and self.on_device(x)):
+            return self.labels(x)
+        return None
 
     def dtype(self, x) -> np.dtype | str:
         # An unsupported torch dtype is reported by its torch name ("torch.float16").

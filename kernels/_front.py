@@ -315,6 +315,9 @@ class KernelSet:
         """x is a native float32/float64 array on this set's device, of len(dims) dims, none
         empty; its dtype."""
         A = self._arrays
+        dtype = A.float_dtype(x)
+        if dtype is not None and (any_ndim or x.ndim == len(dims)) and x.ndim and 0 not in x.shape:
+            return dtype  # the common case, in one call; what follows says what is wrong
         if not A.is_native(x):
             raise TypeError(
                 f"{op}: {name} must be a {A.type_name} (convert with ks.asarray), got {type(x).__name__}"
@@ -389,6 +392,9 @@ class KernelSet:
 
     def _labels(self, op, labels, batch, classes, check_range=True):
         A = self._arrays
+        checked = A.int_vector(labels, batch)
+        if checked is not None and (not check_range or A.in_range(checked, classes)):
+            return checked  # the common case, in one call; what follows says what is wrong
         if not A.is_native(labels):
             raise TypeError(
                 f"{op}: labels must be a {A.type_name} of integers (convert with ks.asarray), "
@@ -446,6 +452,20 @@ class KernelSet:
         A = self._arrays
         if out is None:
             return A.empty(shape, dtype)
+        if not A.ready_out(out, shape, dtype):
+            self._out_error(op, name, out, shape, dtype)
+            return A.empty(shape, dtype)  # usable, but not C-contiguous: a scratch array
+        for x in inputs:
+            # An elementwise kernel may write over the very input it reads; any other overlap
+            # (a matmul reading what it writes, or a shifted view) needs a scratch array.
+            if A.overlaps(out, x) and not (elementwise and out is x):
+                return A.empty(shape, dtype)
+        return out
+
+    def _out_error(self, op, name, out, shape, dtype):
+        """Raise the error that says why ``out`` cannot be written (the slow path of _out);
+        return only when it can be, but not in place."""
+        A = self._arrays
         if not A.is_native(out):
             raise TypeError(f"{op}: {name} must be a {A.type_name}, got {type(out).__name__}")
         if A.dtype(out) != dtype:
@@ -456,14 +476,6 @@ class KernelSet:
             raise ValueError(f"{op}: {name} is on {out.device} but this set computes on {A.device}")
         if not A.writeable(out):
             raise ValueError(f"{op}: {name} is read-only")
-        if not A.is_c_contiguous(out):
-            return A.empty(shape, dtype)
-        for x in inputs:
-            # An elementwise kernel may write over the very input it reads; any other overlap
-            # (a matmul reading what it writes, or a shifted view) needs a scratch array.
-            if A.overlaps(out, x) and not (elementwise and out is x):
-                return A.empty(shape, dtype)
-        return out
 
     def _finish(self, out, target):
         """Copy a scratch result into ``out``; return what the caller gets back."""

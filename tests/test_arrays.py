@@ -1,0 +1,38 @@
+"""The array adapters behind the front's checks (kernels/_arrays.py)."""
+
+import numpy as np
+
+from kernels._arrays import NumpyArrays
+
+
+def test_overlaps_is_exact_for_owners_and_conservative_for_views():
+    A = NumpyArrays()
+    a, b = np.zeros((4, 5)), np.zeros((4, 5))
+    assert not A.overlaps(a, b)              # two owners never share memory
+    assert A.overlaps(a, a)
+    assert A.overlaps(a, a[1:3])             # a view and its base
+    assert A.overlaps(a[:3], a[2:])          # two views that overlap
+    assert not A.overlaps(a[:2], a[2:])      # two views that do not
+    assert A.overlaps(a.T, a)
+
+
+def test_fast_paths_accept_only_what_the_full_checks_accept():
+    A = NumpyArrays()
+    f32 = np.dtype(np.float32)
+    x = np.zeros((3, 4), f32)
+    assert A.float_dtype(x) == f32
+    assert A.float_dtype(x.astype(np.float16)) is None
+    assert A.float_dtype(x.tolist()) is None
+    assert A.ready_out(x, (3, 4), f32)
+    assert not A.ready_out(x, (4, 3), f32)
+    assert not A.ready_out(x, (3, 4), np.dtype(np.float64))
+    assert not A.ready_out(np.zeros((3, 8), f32)[:, ::2], (3, 4), f32)   # strided
+    ro = x.copy()
+    ro.flags.writeable = False
+    assert not A.ready_out(ro, (3, 4), f32)
+    labels = np.array([0, 2, 1], np.int32)
+    got = A.int_vector(labels, 3)
+    assert got.dtype == np.int64 and got.tolist() == [0, 2, 1]
+    assert A.int_vector(labels, 4) is None
+    assert A.int_vector(labels.astype(np.float32), 3) is None
+    assert A.int_vector(labels.reshape(3, 1), 3) is None
