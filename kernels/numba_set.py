@@ -675,40 +675,172 @@ def relu_backward(grad_y, y, out):
 
 # Rows (of 10 classes) are cheap: threads pay only for large batches.
 PARALLEL_MIN_ROWS = 4096
+# Rows per block: about 2048 logits (8 KiB of float32), which the three passes over a block
+# find in L1; at 10 classes that is 204 rows, at 1000 classes 2.
+BLOCK_ELEMS = 2048
 
 
-@njit(cache=True, inline="always", fastmath={"contract"}, error_model="numpy")
-def _softmax_ce_row(logits, labels, grad, i, inv_batch):
-    # One row, while it is in L1: max, exp and its sum (into grad), the loss term, the scaled
-    # grad. loss_i = log(sum_j exp(z_ij - max)) - (z_i,label - max); returns it in float64.
-    classes = logits.shape[1]
-    row = i * classes
-    z = logits.reshape(logits.size)
-    gf = grad.reshape(grad.size)
-    mx = z[U(row)]
-    for j in range(1, classes):
-        mx = max(mx, z[U(row + j)])
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    # The float32 whose bit pattern is the low 32 bits of the integer ``bits`` (a bitcast,
+    # which Python has no operator for; LLVM vectorises it for free).
+    def codegen(context, builder, signature, args):
+        low = builder.trunc(args[0], ir.IntType(32)) if bits.bitwidth > 32 else args[0]
+        return builder.bitcast(low, ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+def _exp_shifted(x):  # exp(x) for x <= 0 (softmax's shifted logits), in x's dtype
+    return math.exp(x)
+
+
+@overload(_exp_shifted, inline="always", fastmath={"contract"})
+def _exp_shifted_impl(x):
+    if x != types.float32:
+        return lambda x: math.exp(x)   # float64: libm's exp, a call per element
+
+    # float32: Cephes' expf as arithmetic, vecmath.h's vexp_nonpositive_f32 line for line
+    # (range reduction by ln 2, degree-5 polynomial, about 1 ulp). libm's expf is a call,
+    # which keeps a loop scalar; this is plain arithmetic and a bitcast, so LLVM's loop
+    # vectoriser runs it 16 lanes wide.
+    f = np.float32
+    lo, rnd = f(-87.33654), f(12582912.0)   # exp(lo) = FLT_MIN; 1.5 * 2^23 rounds to integer
+
+    def impl(x):
+        if x < lo:                              # NaN stays NaN
+            x = lo
+        t = x * f(1.44269504088896341) + rnd    # n = rint(x / ln 2), in t's low bits
+        n = t - rnd
+        r = x - n * f(0.693359375)              # r = x - n ln 2, in two steps (Cody-Waite)
+        r = r - n * f(-2.12194440e-4)
+        p = f(1.9875691500e-4)
+        p = p * r + f(1.3981999507e-3)
+        p = p * r + f(8.3334519073e-3)
+        p = p * r + f(4.1665795894e-2)
+        p = p * r + f(1.6666665459e-1)
+        p = p * r + f(5.0000001201e-1)
+        p = p * (r * r) + r + f(1.0)            # exp(r), |r| <= ln 2 / 2
+        return p * _f32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))   # * 2^n
+
+    return impl
+
+
+@intrinsic
+def _vector_max(typingctx, z, start, n_vec):
+    # max of z[start : start + n_vec * W] (W lanes to a zmm register), n_vec >= 1: one
+    # vector of running maxima, reduced across its lanes at the end. Numba's loops cannot
+    # say this: LLVM vectorises a max reduction only under fast-math flags Numba does not
+    # put on the compare (nnan, nsz), and an unrolled loop over W lanes stays scalar, as
+    # the micro-kernel found. A NaN is passed over (compare and select, as the scalar
+    # loop does); the loss is NaN all the same, since exp of that logit is NaN.
+    dtype = z.dtype
+    width = 64 // (dtype.bitwidth // 8)
+
+    def codegen(context, builder, sig, args):
+        z, start, n_vec = args
+        elt = context.get_value_type(dtype)
+        vec = ir.VectorType(elt, width)
+        intp = context.get_value_type(types.intp)
+        base = builder.gep(context.make_array(sig.args[0])(context, builder, z).data, [start])
+
+        def load(i):
+            ptr = builder.gep(base, [builder.mul(i, ir.Constant(intp, width))])
+            return builder.load(builder.bitcast(ptr, vec.as_pointer()), align=dtype.bitwidth // 8)
+
+        def vmax(a, b):
+            return builder.select(builder.fcmp_ordered(">", b, a), b, a)
+
+        first = load(ir.Constant(intp, 0))
+        entry = builder.basic_block
+        loop = builder.append_basic_block("vmax.loop")
+        done = builder.append_basic_block("vmax.done")
+        builder.cbranch(builder.icmp_signed(">", n_vec, ir.Constant(intp, 1)), loop, done)
+        builder.position_at_end(loop)
+        i = builder.phi(intp)
+        i.add_incoming(ir.Constant(intp, 1), entry)
+        acc = builder.phi(vec)
+        acc.add_incoming(first, entry)
+        new = vmax(acc, load(i))
+        i_next = builder.add(i, ir.Constant(intp, 1))
+        i.add_incoming(i_next, loop)
+        acc.add_incoming(new, loop)
+        builder.cbranch(builder.icmp_signed("<", i_next, n_vec), loop, done)
+        builder.position_at_end(done)
+        result = builder.phi(vec)
+        result.add_incoming(first, entry)
+        result.add_incoming(new, loop)
+        m = builder.extract_element(result, ir.Constant(ir.IntType(32), 0))
+        for lane in range(1, width):
+            m = vmax(m, builder.extract_element(result, ir.Constant(ir.IntType(32), lane)))
+        return m
+
+    return dtype(z, start, n_vec), codegen
+
+
+@njit(cache=True)
+def _row_max(z, start, n):
+    # max of z[start : start+n]: whole vectors through _vector_max, the rest one by one
+    width = 64 // z.itemsize
+    mx = z[U(start)]
+    n_vec = n // width
+    if n_vec > 0:
+        v = _vector_max(z, start, n_vec)
+        mx = v if v > mx else mx
+    for j in range(start + n_vec * width, start + n):
+        v = z[U(j)]
+        mx = v if v > mx else mx
+    return mx
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _row_sum(g, start, n):
+    # sum of g[start : start+n] in float64, in vector lanes (reassociated: the order of the
+    # additions is the vectoriser's, as in cython's exp_minus_max_f32)
     s = 0.0
-    for j in range(classes):
-        e = math.exp(z[U(row + j)] - mx)    # shifted by the max: cannot overflow
-        gf[U(row + j)] = e
-        s += e
-    label = labels[i]
-    scale = inv_batch / s
-    for j in range(classes):
-        gf[U(row + j)] *= scale            # softmax / B
-    gf[U(row + label)] -= inv_batch        # - onehot / B
-    return math.log(s) - (z[U(row + label)] - mx)
+    for j in range(start, start + n):
+        s += g[U(j)]
+    return s
+
+
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
+def _softmax_ce_block(logits, labels, grad, r0, r1, inv_batch):
+    # Rows r0..r1, in three passes over the block while it is in L1: shift each row by its
+    # max into grad; exp over the block as one flat array (16 lanes a step however few the
+    # classes: a row of 10 is too short to vectorise); then per row the sum, the scaled
+    # gradient and the loss. Row i's loss is log(sum_j exp(z_ij - max)) - (z_i,label - max);
+    # returns the block's sum of them in float64.
+    classes = logits.shape[1]
+    z = logits.reshape(logits.size)
+    g = grad.reshape(grad.size)
+    loss = 0.0
+    for i in range(r0, r1):
+        row = i * classes
+        mx = _row_max(z, row, classes)
+        for j in range(classes):
+            g[U(row + j)] = z[U(row + j)] - mx  # shifted by the max: exp cannot overflow
+        loss -= g[U(row + labels[i])]
+    for e in range(r0 * classes, r1 * classes):
+        g[U(e)] = _exp_shifted(g[U(e)])
+    for i in range(r0, r1):
+        row = i * classes
+        s = _row_sum(g, row, classes)
+        scale = inv_batch / s
+        for j in range(classes):
+            g[U(row + j)] *= scale              # softmax / B
+        g[U(row + labels[i])] -= inv_batch      # - onehot / B
+        loss += math.log(s)
+    return loss
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _softmax_ce_parallel(logits, labels, grad):
-    # logits (B, C), labels (B,) int64, grad (B, C); one row per iteration
+def _softmax_ce_parallel(logits, labels, grad, block):
+    # logits (B, C), labels (B,) int64, grad (B, C); one block of rows per iteration
     batch = logits.shape[0]
     inv_batch = 1.0 / batch
     total = 0.0
-    for i in prange(batch):
-        total += _softmax_ce_row(logits, labels, grad, i, inv_batch)
+    for k in prange((batch + block - 1) // block):
+        total += _softmax_ce_block(logits, labels, grad, k * block, min(batch, (k + 1) * block), inv_batch)
     return total * inv_batch
 
 
@@ -721,12 +853,13 @@ def softmax_cross_entropy(logits, labels, grad):
     for i in range(batch):
         if labels[i] < 0 or labels[i] >= classes:
             return -1.0
+    block = max(1, BLOCK_ELEMS // classes)
     if batch >= PARALLEL_MIN_ROWS:
-        return _softmax_ce_parallel(logits, labels, grad)
+        return _softmax_ce_parallel(logits, labels, grad, block)
     inv_batch = 1.0 / batch
     total = 0.0
-    for i in range(batch):
-        total += _softmax_ce_row(logits, labels, grad, i, inv_batch)
+    for r0 in range(0, batch, block):
+        total += _softmax_ce_block(logits, labels, grad, r0, min(batch, r0 + block), inv_batch)
     return total * inv_batch
 
 

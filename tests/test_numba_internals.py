@@ -158,3 +158,40 @@ def test_fused_train_steps_compile_once_per_layer_count():
         for batch in (1, 5):
             _train(True, [9, 17, 4], batch, OPTIMIZERS[opt], np.float32)
     assert len(numba_set._train_steps.signatures) <= before + 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_row_max_vector_intrinsic_and_its_tails(dtype):
+    # _vector_max runs whole zmm vectors (16 or 8 lanes); _row_max adds the head and the tail
+    rng = np.random.default_rng(7)
+    z = _rand(rng, 3000, dtype)
+    for start, n in [(0, 1), (3, 10), (1, 16), (5, 17), (0, 1000), (7, 33), (11, 2989)]:
+        assert numba_set._row_max(z, start, n) == z[start:start + n].max(), (start, n)
+    z[:40] = -np.inf
+    assert numba_set._row_max(z, 0, 40) == -np.inf
+    z[50] = np.nan                     # passed over, as the scalar compare does
+    assert numba_set._row_max(z, 0, 100) == np.nanmax(z[:100])
+
+
+def test_float32_exp_matches_numpy_to_two_ulp():
+    # softmax's exp, as arithmetic that vectorises: about 1 ulp over the range it is used on
+    from numba import njit
+
+    @njit
+    def exp_all(x, out):
+        for i in range(x.size):
+            out[i] = numba_set._exp_shifted(x[i])
+
+    x = np.concatenate([-np.geomspace(1e-8, 87.0, 20000), [0.0, -87.3]]).astype(np.float32)
+    got = np.empty_like(x)
+    exp_all(x, got)
+    want = np.exp(x.astype(np.float64))
+    ulp = np.spacing(want.astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(got - want) / ulp) <= 2.0
+    under = np.array([-100.0, -np.inf], np.float32)   # below exp's normal range: about FLT_MIN,
+    out = np.empty_like(under)                           # as cython's (never a subnormal)
+    exp_all(under, out)
+    np.testing.assert_allclose(out, np.finfo(np.float32).tiny, rtol=1e-5)
+    nan = np.array([np.nan], np.float32)
+    exp_all(nan, out[:1])
+    assert np.isnan(out[0])
