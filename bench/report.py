@@ -649,9 +649,7 @@ def analysis(res: Results, peak, fc, tta):
                                 f"{fmt_time(ts)} is the kernel's work on 1,280 logits, so "
                                 + ("the interface's per-call cost, not the arithmetic, is what stands between "
                                    "it and 10×." if rest < floor else
-                                   "the kernel itself is the larger part" + (
-                                       ": Numba has no vector exp here (no SVML), so each logit's exp is a "
-                                       "scalar call." if s == "numba" else ".")))
+                                   "the kernel itself is the larger part."))
         out += [" ".join(para), ""]
 
     # -- fusion

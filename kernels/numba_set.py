@@ -38,7 +38,9 @@ Design note
 * Directives: ``@njit(cache=True)`` everywhere; ``fastmath=True`` on the matmul, the
   elementwise ops and the optimizers (reassociation and contraction are harmless there);
   softmax-cross-entropy keeps IEEE semantics (``nnan``/``ninf`` would break its +-inf logic)
-  and only allows contraction. ``error_model="numpy"`` where a kernel divides: Python's
+  and allows contraction, and reassociation in its row sums. Its float32 exp is Cephes' expf
+  written as arithmetic (``_exp_shifted``, as cython's vecmath.h): libm's expf is a call,
+  which keeps a loop scalar, and Numba has no vector math library of its own to call. ``error_model="numpy"`` where a kernel divides: Python's
   zero-division check otherwise blocks vectorisation (Adam ran scalar). ``parallel=True``
   only where it pays: the matmul's task loop, softmax over rows and the elementwise ops, each
   taken only above a size threshold.
