@@ -167,15 +167,37 @@ OPTIMIZERS = [("sgd", 0.0, 0.0, 0), ("sgd", 0.9, 1e-3, 0), ("adam", 0.0, 1e-2, 7
 @pytest.mark.parametrize("kind, momentum, weight_decay, step", OPTIMIZERS)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_fused_train_steps_match_per_op(dtype, sizes, kind, momentum, weight_decay, step, threads):
-    """The fused loop runs the per-op path's kernels in the same order: the same bits, for
-    batches of 1 (the outer-product update), partial last batches, and misaligned parameters."""
+    """Above a batch of 1 the fused loop runs the per-op path's kernels in the same order: the
+    same bits, for partial last batches and misaligned parameters."""
     kernels.backend_module("cython").set_threads(threads)
-    for batch, samples, misaligned in [(1, 5, False), (4, 11, True), (32, 70, False), (16, 40, True)]:
+    for batch, samples, misaligned in [(4, 11, True), (32, 70, False), (16, 40, True)]:
         problem = _steps_problem(sizes, dtype, samples, seed=batch, misaligned=misaligned)
         got = _run_steps(True, problem, batch, kind, momentum, weight_decay, step)
         want = _run_steps(False, problem, batch, kind, momentum, weight_decay, step)
         for g, w in zip(got[0] + got[1] + [got[2]], want[0] + want[1] + [want[2]]):
             np.testing.assert_array_equal(g, w, err_msg=f"batch {batch} of {samples}")
+        assert np.isfinite(got[2]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sizes", [[13, 5], [30, 16, 5], [20, 33, 70, 3], [300, 130, 7], [600, 64, 10]])
+@pytest.mark.parametrize("kind, momentum, weight_decay, step", OPTIMIZERS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batch_of_one_sweep_matches_per_op(dtype, sizes, kind, momentum, weight_decay, step, threads):
+    """At a batch of 1 each layer's update waits for the next step's forward pass and the two
+    run as one sweep over the weights (sweep.h), split by rows between threads from
+    SWEEP_PAR_MIN weights on ([300, 130, 7] and [600, 64, 10] are past it, and 130 leaves
+    scalar columns). The same training as the per-op path, up to the order of the sums:
+    whole vectors and scalar columns, one and two threads, and the last step's update, which
+    is applied at the end of the call."""
+    kernels.backend_module("cython").set_threads(threads)
+    for samples, misaligned in [(1, False), (6, True), (9, False)]:
+        problem = _steps_problem(sizes, dtype, samples, seed=samples, misaligned=misaligned)
+        got = _run_steps(True, problem, 1, kind, momentum, weight_decay, step)
+        want = _run_steps(False, problem, 1, kind, momentum, weight_decay, step)
+        tol = 2e-5 if dtype == np.float32 else 1e-12
+        for g, w in zip(got[0] + got[1] + [got[2]], want[0] + want[1] + [want[2]]):
+            np.testing.assert_allclose(g, w, rtol=tol, atol=tol, err_msg=f"{samples} steps")
         assert np.isfinite(got[2]).all()
 
 

@@ -85,6 +85,7 @@ def check(got_losses, got_params, want_losses, want_params, dtype, what):
 @pytest.mark.parametrize("sizes, batch", [
     ([20, 16, 8, 5], 16),        # three layers; 50 samples: the last batch has 2 rows
     ([33, 17, 10], 1),           # batch 1: the path a per-sample epoch takes
+    ([300, 130, 10], 1),         # ... with a first layer that the compiled sets split by threads
     ([7, 3], 8),                 # one layer: logistic regression, no hidden ReLU
     ([130, 65, 10], 50),         # one batch covers every sample
 ])
