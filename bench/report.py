@@ -765,10 +765,18 @@ def profile_section(prof, peak=None):
         "directly on preallocated buffers. NumPy cannot do the same: each of its ops is a call from Python, so "
         f"its `train_steps` (its kernels without the checks) still takes {numpy1['train_steps_us']:.0f} µs a "
         f"step, {numpy1['train_steps_us'] / best['train_steps_us']:.0f}× the fused step. At batch 1 the "
-        f"arithmetic is {step_flops(batch=1) / 1e6:.2f} MFLOP a step; what dominates is streaming the first "
-        "layer's 401 KB of weights through L2: read by the forward pass, then read and written by the "
-        "update, into which the fused loops fold the weight gradient (at one sample an outer product, "
-        "never stored).", ""]
+        f"arithmetic is {step_flops(batch=1) / 1e6:.2f} MFLOP a step; what dominates is moving the first "
+        "layer's 401 KB of weights through L2. Op by op they are read by the forward pass, then read and "
+        "written by the update. Both fused loops fold the weight gradient into the update (at one sample an "
+        "outer product, never stored). `cython`'s goes further: it defers each step's update into the next "
+        "step's forward pass, so that one sweep over each layer's weights does both (`kernels/_cython/sweep.h`), "
+        "and it splits the first layer's sweep by rows between the cores, each keeping its half of the "
+        "weights in its own L2 from one step to the next. `numba`'s makes two passes on one thread."]
+    if ("cython", 1) in by and ("numba", 1) in by:
+        c, nb = by[("cython", 1)], by[("numba", 1)]
+        lines[-1] += (f" `cython`'s fused step takes {c['train_steps_us']:.1f} µs, `numba`'s "
+                      f"{nb['train_steps_us']:.1f} µs.")
+    lines += [""]
     if all((s, 128) in by for s in compiled + ["numpy"]):
         b, n = by[(fast(128), 128)], by[("numpy", 128)]
         flops = step_flops(batch=128)
