@@ -63,6 +63,7 @@
 #define BLOCKS_PER_THREAD 4                /* matmul work items per thread, handed out dynamically */
 #define MIN_BLOCK_ROWS 64                  /* ... but no row block (LOOP 3) under 64 rows */
 #define UPDATE_CHUNK_BYTES (16 * 1024)     /* train_steps: a chunk of dW, in L1 for the update */
+#define GATHER_PAR_MIN_BYTES (16 * 1024)   /* train_steps: its batch gather splits from 32 KiB */
 
 /* Blocked (ladder step 2): cache blocks of plain loops, no packing, no micro-kernel. */
 #define BLOCKED_NB 256                     /* C / B columns per block: a 1 KiB row of C in L1 */
