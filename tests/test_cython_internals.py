@@ -163,12 +163,13 @@ OPTIMIZERS = [("sgd", 0.0, 0.0, 0), ("sgd", 0.9, 1e-3, 0), ("adam", 0.0, 1e-2, 7
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("sizes", [[13, 5], [30, 16, 5], [20, 33, 70, 3]])
+@pytest.mark.parametrize("sizes", [[13, 5], [30, 16, 5], [20, 33, 70, 3], [300, 16, 5]])
 @pytest.mark.parametrize("kind, momentum, weight_decay, step", OPTIMIZERS)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_fused_train_steps_match_per_op(dtype, sizes, kind, momentum, weight_decay, step, threads):
     """Above a batch of 1 the fused loop runs the per-op path's kernels in the same order: the
-    same bits, for partial last batches and misaligned parameters."""
+    same bits, for partial last batches and misaligned parameters. (At [300, 16, 5] a batch of
+    32 is past GATHER_PAR_MIN_BYTES: the threads split its gather.)"""
     kernels.backend_module("cython").set_threads(threads)
     for batch, samples, misaligned in [(4, 11, True), (32, 70, False), (16, 40, True)]:
         problem = _steps_problem(sizes, dtype, samples, seed=batch, misaligned=misaligned)
