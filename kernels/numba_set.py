@@ -811,14 +811,25 @@ def _softmax_ce_block(logits, labels, grad, r0, r1, inv_batch):
     # max into grad; exp over the block as one flat array (16 lanes a step however few the
     # classes: a row of 10 is too short to vectorise); then per row the sum, the scaled
     # gradient and the loss. Row i's loss is log(sum_j exp(z_ij - max)) - (z_i,label - max);
-    # returns the block's sum of them in float64.
+    # returns the block's sum of them in float64. The logs are summed as the log of a product,
+    # one log call per ``per_log`` rows (cython's trick): each sum is in [1, classes], so the
+    # product of per_log of them stays under 2^1000. At 128x10 a log per row (libm's, a call
+    # that no loop vectorises) took 0.7 us of the call's 3.5.
     classes = logits.shape[1]
     z = logits.reshape(logits.size)
     g = grad.reshape(grad.size)
-    loss = 0.0
+    per_log = max(1, int(1000.0 / math.log2(max(classes, 2))))
+    loss, product, in_product = 0.0, 1.0, 0
+    short = classes < 64 // z.itemsize     # a row shorter than one vector
     for i in range(r0, r1):
         row = i * classes
-        mx = _row_max(z, row, classes)
+        if short:   # written out: through _row_max, 128 rows of 10 took 0.9 us, not 0.2
+            mx = z[U(row)]
+            for j in range(row + 1, row + classes):
+                v = z[U(j)]
+                mx = v if v > mx else mx
+        else:
+            mx = _row_max(z, row, classes)
         for j in range(classes):
             g[U(row + j)] = z[U(row + j)] - mx  # shifted by the max: exp cannot overflow
         loss -= g[U(row + labels[i])]
@@ -831,8 +842,12 @@ def _softmax_ce_block(logits, labels, grad, r0, r1, inv_batch):
         for j in range(classes):
             g[U(row + j)] *= scale              # softmax / B
         g[U(row + labels[i])] -= inv_batch      # - onehot / B
-        loss += math.log(s)
-    return loss
+        product *= s
+        in_product += 1
+        if in_product == per_log:
+            loss += math.log(product)
+            product, in_product = 1.0, 0
+    return loss + math.log(product)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")

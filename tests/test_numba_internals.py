@@ -173,6 +173,23 @@ def test_row_max_vector_intrinsic_and_its_tails(dtype):
     assert numba_set._row_max(z, 0, 100) == np.nanmax(z[:100])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch, classes", [(2500, 1), (2500, 2), (700, 10), (300, 1000)])
+def test_softmax_loss_sums_its_logs_as_products(batch, classes, dtype):
+    """The loss takes one log per run of rows (a product of the rows' sums): at 1 and 2
+    classes a block of rows is past one run. The same loss as a log per row."""
+    from conftest import ref_softmax_cross_entropy
+
+    rng = np.random.default_rng(classes)
+    logits = (10 * rng.standard_normal((batch, classes))).astype(dtype)
+    labels = rng.integers(0, classes, batch)
+    grad = np.empty_like(logits)
+    loss = numba_set.softmax_cross_entropy(logits, labels, grad)
+    want_loss, want_grad = ref_softmax_cross_entropy(logits, labels)
+    assert_close(np.asarray(loss), want_loss, np.float64 if dtype == np.float64 else dtype, what="loss")
+    assert_close(grad, want_grad, dtype, scale=1.0, what="grad")
+
+
 def test_float32_exp_matches_numpy_to_two_ulp():
     # softmax's exp, as arithmetic that vectorises: about 1 ulp over the range it is used on
     from numba import njit
