@@ -181,6 +181,31 @@ def test_fused_train_steps_match_per_op(dtype, sizes, kind, momentum, weight_dec
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sizes", [[40, 70, 3], [300, 64, 40, 5]])
+@pytest.mark.parametrize("kind, momentum, weight_decay, step", OPTIMIZERS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_train_steps_skip_zero_inputs(dtype, sizes, kind, momentum, weight_decay, step, threads):
+    """Inputs with exact zeros, as images have: the fused loop's x^T g skips the samples whose
+    MR values of x are all zero (chunk_product, UKR_SKIP), and is still the per-op path's
+    product to the bit (a skipped term is a zero added). Whole zero groups and scattered
+    zeros, a partial last column strip (70 and 40 outputs), a chunk's last rows under a tile
+    (300 inputs), and the ReLU's zeros in the hidden layers."""
+    kernels.backend_module("cython").set_threads(threads)
+    for batch, samples in [(16, 40), (32, 70)]:
+        problem = _steps_problem(sizes, dtype, samples, seed=batch)
+        x = problem[1]
+        rng = np.random.default_rng(batch)
+        x *= rng.random(x.shape) < 0.5                      # scattered zeros
+        x[::2, 8:40] = 0                                    # whole 8-wide groups, every other row
+        x[5] = 0                                            # and one sample all zero
+        got = _run_steps(True, problem, batch, kind, momentum, weight_decay, step)
+        want = _run_steps(False, problem, batch, kind, momentum, weight_decay, step)
+        for g, w in zip(got[0] + got[1] + [got[2]], want[0] + want[1] + [want[2]]):
+            np.testing.assert_array_equal(g, w, err_msg=f"batch {batch} of {samples}")
+        assert np.isfinite(got[2]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("sizes", [[13, 5], [30, 16, 5], [20, 33, 70, 3], [300, 130, 7], [600, 64, 10]])
 @pytest.mark.parametrize("kind, momentum, weight_decay, step", OPTIMIZERS)
 @pytest.mark.parametrize("threads", [1, 2])

@@ -104,6 +104,13 @@ cdef extern from "microkernel.h" nogil:
                             double *c, long ldc, int accumulate, const double *bias, int relu)
     void ukr_double_r1_direct(long kc, const double *a, long rsa, long csa, const double *b, long rsb,
                             double *c, long ldc, int accumulate, const double *bias, int relu)
+    # x^T g over the samples whose MR values of x are not all zero (UKR_SKIP)
+    long ukr_float_skip_rows(const float *x, long ldx, long batch, int *idx)
+    long ukr_double_skip_rows(const double *x, long ldx, long batch, int *idx)
+    void ukr_float_skip(long nk, const int *idx, const float *a, long csa, const float *b,
+                        long rsb, float *c, long ldc)
+    void ukr_double_skip(long nk, const int *idx, const double *a, long csa, const double *b,
+                         long rsb, double *c, long ldc)
 
 cdef extern from "sweep.h" nogil:
     enum:
@@ -1135,7 +1142,11 @@ def adam_step(param, grad, m, v, long step, double lr, double beta1, double beta
 # a time and the optimizer's step applied to that chunk of w while it is still in L1 (at
 # batch 1 writing dW1 and reading it back cost more than computing it). The update moves
 # into the backward pass, after dx (which needs the old w), which changes no value: every
-# update is elementwise on its own arrays.
+# update is elementwise on its own arrays. Each chunk's x^T g skips the samples whose MR
+# values of x are all zero (chunk_product): half of an image's pixels are background, and at
+# batch 128 that cut the first layer's gradient and update from 150 to 124 us a step. The
+# batch's gather, the step's one memory-bound pass (its rows come from anywhere in x), is
+# split between the threads.
 #
 # At a batch of one, a second: the update of step k moves on into step k + 1's forward pass,
 # the first thing that reads the new weights, and the two run as one sweep over each layer's
@@ -1182,9 +1193,52 @@ cdef inline Py_ssize_t chunk_rows(Py_ssize_t n_out, size_t itemsize) noexcept no
 
 cdef inline Py_ssize_t chunk_scratch(Py_ssize_t batch, Py_ssize_t n_out,
                                      size_t itemsize) noexcept nogil:
-    """One thread's scratch in weight_grad_update: its chunk of dW, then gemm_direct's."""
+    """One thread's scratch in weight_grad_update: its chunk of dW, gemm_small's scratch,
+    then chunk_product's list of samples (batch ints)."""
     return (lines(chunk_rows(n_out, itemsize) * n_out, itemsize)
-            + gemm_scratch(chunk_rows(n_out, itemsize), n_out, batch, False, 1, itemsize))
+            + gemm_scratch(chunk_rows(n_out, itemsize), n_out, batch, False, 1, itemsize)
+            + lines((batch * sizeof(int) + itemsize - 1) // itemsize, itemsize))
+
+
+cdef void chunk_product(const floating *x, Py_ssize_t n_in, const floating *g,
+                        Py_ssize_t n_out, floating *c, Py_ssize_t rows, Py_ssize_t batch,
+                        floating *ws, int *idx) noexcept nogil:
+    """c (rows, n_out) = x[:, :rows]^T g: x (batch, n_in) from a chunk's first column, g
+    (batch, n_out). gemm_small's product, except that each full MR x NR tile skips the samples
+    whose MR values of x are all zero (UKR_SKIP in microkernel.h: the same sums, in the same
+    order, without their zero terms). A Fashion-MNIST image is half background, exact zeros:
+    at batch 128, 28% of the (sample, 8 pixels) steps of the first layer's x^T g are zero.
+    The last rows and columns (under a tile) are gemm_direct's, as in the whole product."""
+    cdef Py_ssize_t MR, NR, t, u, it, jt, nk
+    if floating is float:
+        MR = MR_F32
+        NR = NR_F32
+    else:
+        MR = MR_F64
+        NR = NR_F64
+    cdef Py_ssize_t full_rows = rows // MR * MR, full_cols = n_out // NR * NR
+    if is_narrow(n_out, sizeof(floating)) or full_rows == 0 or full_cols == 0:
+        gemm_small(x, n_in, True, g, n_out, False, c, n_out, rows, n_out, batch, NULL, False,
+                   ws, 1)
+        return
+    for t in range(full_rows // MR):
+        it = t * MR
+        if floating is float:
+            nk = ukr_float_skip_rows(x + it, n_in, batch, idx)
+        else:
+            nk = ukr_double_skip_rows(x + it, n_in, batch, idx)
+        for u in range(full_cols // NR):
+            jt = u * NR
+            if floating is float:
+                ukr_float_skip(nk, idx, x + it, n_in, g + jt, n_out, c + it * n_out + jt, n_out)
+            else:
+                ukr_double_skip(nk, idx, x + it, n_in, g + jt, n_out, c + it * n_out + jt, n_out)
+    if full_cols < n_out:                       # the last, partial column strip
+        gemm_direct(x, n_in, True, g + full_cols, n_out, False, c + full_cols, n_out, rows,
+                    n_out - full_cols, batch, NULL, False, ws, 1)
+    if full_rows < rows:                        # the last rows, of the full strips
+        gemm_direct(x + full_rows, n_in, True, g, n_out, False, c + full_rows * n_out, n_out,
+                    rows - full_rows, full_cols, batch, NULL, False, ws, 1)
 
 
 cdef inline void grad_update_chunk(const floating *x, const floating *g, floating *w,
@@ -1209,8 +1263,9 @@ cdef inline void grad_update_chunk(const floating *x, const floating *g, floatin
             update_range(u, w + i * n_out, ws, s1 + i * n_out if s1 != NULL else NULL,
                          s2 + i * n_out if s2 != NULL else NULL, 0, n_out)
         return
-    gemm_small(x + r0, n_in, True, g, n_out, False, ws, n_out, r1 - r0, n_out, batch, NULL,
-               False, ws + lines(rows * n_out, sizeof(floating)), 1)
+    cdef floating *gws = ws + lines(rows * n_out, sizeof(floating))
+    chunk_product(x + r0, n_in, g, n_out, ws, r1 - r0, batch, gws,
+                  <int *>(gws + gemm_scratch(rows, n_out, batch, False, 1, sizeof(floating))))
     update_range(u, w + at, ws, s1 + at if s1 != NULL else NULL,
                  s2 + at if s2 != NULL else NULL, 0, (r1 - r0) * n_out)
 

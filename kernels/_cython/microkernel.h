@@ -218,6 +218,69 @@ UKR(ukr_double_r4, double, vf64, vi64, 8, 4, NR_F64, 1)
 UKR(ukr_double_r2, double, vf64, vi64, 8, 2, NR_F64, 2)
 UKR(ukr_double_r1, double, vf64, vi64, 8, 1, NR_F64, 4)
 
+/* UKR_SKIP(NAME, T, U, V, VL, MR, NR, MAGNITUDE): for the weight gradient x^T g of a
+ * training step, where x holds exact zeros (the background pixels of an image).
+ *
+ * NAME##_rows(x, ldx, batch, idx) lists in idx the rows p < batch of x whose MR elements
+ * x[p * ldx : p * ldx + MR] are not all zero (of either sign: the bits under MAGNITUDE, in
+ * each 64-bit word), and returns how many. NAME(nk, idx, a, csa, b, rsb, c, ldc) is then the full MR x NR tile
+ *
+ *     C[0:MR, 0:NR] = sum over the listed p of A(:, p) B(p, :),  A(i, p) = a[i + p * csa]
+ *
+ * (A = x^T read in place), the k steps in the same order as the dense kernel's and the
+ * others skipped: each is acc += 0 * b, which leaves every sum as it was (up to the sign of a
+ * zero sum, and unless b is infinite or NaN, where the dense kernel would make a NaN).
+ * The rows of B that the list jumps between are prefetched SKIP_PREFETCH steps ahead: the
+ * dense kernel walks B at a fixed stride, which the hardware prefetcher follows, and the
+ * list does not (at batch 128 the first layer's x^T g took 150 us a step with the dense
+ * kernel, 138 skipping without the prefetch and 124 with it). */
+#define SKIP_PREFETCH 8
+#define UKR_SKIP(NAME, T, V, VL, MR, NR, MAGNITUDE)                                   \
+static inline long NAME##_rows(const T *restrict x, long ldx, long batch, int *restrict idx) \
+{                                                                                         \
+    long nk = 0;                                                                          \
+    for (long p = 0; p < batch; ++p) {                                                    \
+        /* the MR elements' bits OR-ed 64 at a time (two floats or one double a word) */  \
+        unsigned long long bits = 0;                                                      \
+        UNROLL for (int i = 0; i < MR * (int)sizeof(T) / 8; ++i) {                        \
+            unsigned long long w;                                                         \
+            memcpy(&w, (const char *)(x + p * ldx) + 8 * i, 8);                           \
+            bits |= w;                                                                    \
+        }                                                                                 \
+        idx[nk] = (int)p;                       /* kept only if counted */                \
+        nk += (bits & (MAGNITUDE)) != 0;                                                  \
+    }                                                                                     \
+    return nk;                                                                            \
+}                                                                                         \
+static inline void NAME(long nk, const int *restrict idx, const T *restrict a, long csa,  \
+                        const T *restrict b, long rsb, T *restrict c, long ldc)           \
+{                                                                                         \
+    V acc[MR][NR / VL];                                                                   \
+    UNROLL for (int i = 0; i < MR; ++i)                                                   \
+        for (int v = 0; v < NR / VL; ++v)                                                 \
+            acc[i][v] = (V){0};                                                           \
+    for (long q = 0; q < nk; ++q) {                                                       \
+        const long p = idx[q];                                                            \
+        if (q + SKIP_PREFETCH < nk)                                                       \
+            for (int l = 0; l < NR * (int)sizeof(T); l += 64)                             \
+                __builtin_prefetch((const char *)(b + idx[q + SKIP_PREFETCH] * rsb) + l); \
+        V brow[NR / VL];                                                                  \
+        for (int v = 0; v < NR / VL; ++v)                                                 \
+            brow[v] = *(const V *)(b + p * rsb + v * VL);                                 \
+        UNROLL for (int i = 0; i < MR; ++i) {                                             \
+            T aip = a[i + p * csa];                                                       \
+            for (int v = 0; v < NR / VL; ++v)                                             \
+                acc[i][v] += aip * brow[v];                                               \
+        }                                                                                 \
+    }                                                                                     \
+    UNROLL for (int i = 0; i < MR; ++i)                                                   \
+        for (int v = 0; v < NR / VL; ++v)                                                 \
+            *(V *)(c + i * ldc + v * VL) = acc[i][v];                                     \
+}
+
+UKR_SKIP(ukr_float_skip, float, vf32, 16, MR_F32, NR_F32, 0x7fffffff7fffffffull)
+UKR_SKIP(ukr_double_skip, double, vf64, 8, MR_F64, NR_F64, 0x7fffffffffffffffull)
+
 TRANSPOSE(transpose_f32, float, vf32, vi32, VL_F32,
           ((vi32){0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}))
 TRANSPOSE(transpose_f64, double, vf64, vi64, VL_F64, ((vi64){0, 1, 2, 3, 4, 5, 6, 7}))
