@@ -185,11 +185,11 @@ def test_fused_train_steps_match_per_op(dtype, sizes, kind, momentum, weight_dec
 @pytest.mark.parametrize("kind, momentum, weight_decay, step", OPTIMIZERS)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_fused_train_steps_skip_zero_inputs(dtype, sizes, kind, momentum, weight_decay, step, threads):
-    """Inputs with exact zeros, as images have: the fused loop's x^T g skips the samples whose
-    MR values of x are all zero (chunk_product, UKR_SKIP), and is still the per-op path's
-    product to the bit (a skipped term is a zero added). Whole zero groups and scattered
-    zeros, a partial last column strip (70 and 40 outputs), a chunk's last rows under a tile
-    (300 inputs), and the ReLU's zeros in the hidden layers."""
+    """Inputs with exact zeros, as images have: the fused loop's first-layer x^T g skips the
+    samples whose MR values of x are all zero (chunk_product, UKR_SKIP), and is still the
+    per-op path's product to the bit (a skipped term is a zero added). Whole zero groups and
+    scattered zeros, a partial last column strip (70 outputs) and a chunk's last rows under a
+    tile (300 inputs)."""
     kernels.backend_module("cython").set_threads(threads)
     for batch, samples in [(16, 40), (32, 70)]:
         problem = _steps_problem(sizes, dtype, samples, seed=batch)

@@ -1142,8 +1142,8 @@ def adam_step(param, grad, m, v, long step, double lr, double beta1, double beta
 # a time and the optimizer's step applied to that chunk of w while it is still in L1 (at
 # batch 1 writing dW1 and reading it back cost more than computing it). The update moves
 # into the backward pass, after dx (which needs the old w), which changes no value: every
-# update is elementwise on its own arrays. Each chunk's x^T g skips the samples whose MR
-# values of x are all zero (chunk_product): half of an image's pixels are background, and at
+# update is elementwise on its own arrays. Each chunk of the input layer's x^T g skips the
+# samples whose MR values of x are all zero (chunk_product): half of an image's pixels are background, and at
 # batch 128 that cut the first layer's gradient and update from 150 to 124 us a step. The
 # batch's gather, the step's one memory-bound pass (its rows come from anywhere in x), is
 # split between the threads.
@@ -1202,13 +1202,16 @@ cdef inline Py_ssize_t chunk_scratch(Py_ssize_t batch, Py_ssize_t n_out,
 
 cdef void chunk_product(const floating *x, Py_ssize_t n_in, const floating *g,
                         Py_ssize_t n_out, floating *c, Py_ssize_t rows, Py_ssize_t batch,
-                        floating *ws, int *idx) noexcept nogil:
+                        floating *ws, int *idx, bint skip) noexcept nogil:
     """c (rows, n_out) = x[:, :rows]^T g: x (batch, n_in) from a chunk's first column, g
-    (batch, n_out). gemm_small's product, except that each full MR x NR tile skips the samples
-    whose MR values of x are all zero (UKR_SKIP in microkernel.h: the same sums, in the same
-    order, without their zero terms). A Fashion-MNIST image is half background, exact zeros:
-    at batch 128, 28% of the (sample, 8 pixels) steps of the first layer's x^T g are zero.
-    The last rows and columns (under a tile) are gemm_direct's, as in the whole product."""
+    (batch, n_out). gemm_small's product, except that with ``skip`` each full MR x NR tile
+    leaves out the samples whose MR values of x are all zero (UKR_SKIP in microkernel.h: the
+    same sums, in the same order, without their zero terms). A Fashion-MNIST image is half
+    background, exact zeros: at batch 128, 28% of the (sample, 8 pixels) steps of the first
+    layer's x^T g are zero. The hidden layers' ReLU zeros seldom fill 8 columns of a sample,
+    and there the lists cost more than they skip (64 -> 128: 15 -> 17.5 us a step), so the
+    loop asks for it on the input only. The last rows and columns (under a tile) are
+    gemm_direct's, as in the whole product."""
     cdef Py_ssize_t MR, NR, t, u, it, jt, nk
     if floating is float:
         MR = MR_F32
@@ -1217,7 +1220,7 @@ cdef void chunk_product(const floating *x, Py_ssize_t n_in, const floating *g,
         MR = MR_F64
         NR = NR_F64
     cdef Py_ssize_t full_rows = rows // MR * MR, full_cols = n_out // NR * NR
-    if is_narrow(n_out, sizeof(floating)) or full_rows == 0 or full_cols == 0:
+    if not skip or is_narrow(n_out, sizeof(floating)) or full_rows == 0 or full_cols == 0:
         gemm_small(x, n_in, True, g, n_out, False, c, n_out, rows, n_out, batch, NULL, False,
                    ws, 1)
         return
@@ -1244,9 +1247,9 @@ cdef void chunk_product(const floating *x, Py_ssize_t n_in, const floating *g,
 cdef inline void grad_update_chunk(const floating *x, const floating *g, floating *w,
                                    floating *s1, floating *s2, const Update *u,
                                    Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out,
-                                   Py_ssize_t c, floating *ws) noexcept nogil:
-    """Rows r0:r1 of dW = x^T g into ws (A = x^T read in place from column r0), then u's step
-    on the same rows of w."""
+                                   Py_ssize_t c, floating *ws, bint skip) noexcept nogil:
+    """Rows r0:r1 of dW = x^T g into ws (A = x^T read in place from column r0; chunk_product,
+    skipping zeros of x when ``skip``), then u's step on the same rows of w."""
     cdef Py_ssize_t rows = chunk_rows(n_out, sizeof(floating))
     cdef Py_ssize_t r0 = c * rows, r1 = r0 + rows if r0 + rows < n_in else n_in
     cdef Py_ssize_t at = r0 * n_out, i, j
@@ -1265,18 +1268,21 @@ cdef inline void grad_update_chunk(const floating *x, const floating *g, floatin
         return
     cdef floating *gws = ws + lines(rows * n_out, sizeof(floating))
     chunk_product(x + r0, n_in, g, n_out, ws, r1 - r0, batch, gws,
-                  <int *>(gws + gemm_scratch(rows, n_out, batch, False, 1, sizeof(floating))))
+                  <int *>(gws + gemm_scratch(rows, n_out, batch, False, 1, sizeof(floating))),
+                  skip)
     update_range(u, w + at, ws, s1 + at if s1 != NULL else NULL,
                  s2 + at if s2 != NULL else NULL, 0, (r1 - r0) * n_out)
 
 
 cdef void weight_grad_update(const floating *x, const floating *g, floating *w, floating *s1,
                              floating *s2, const Update *u, Py_ssize_t batch, Py_ssize_t n_in,
-                             Py_ssize_t n_out, floating *ws, int nthreads) noexcept nogil:
+                             Py_ssize_t n_out, floating *ws, int nthreads,
+                             bint skip) noexcept nogil:
     """dW = x^T g (x (B, in), g (B, out)) and u's step on w (in, out), a chunk of rows at a
     time, each thread with its own chunk_scratch in ws. Chunks start on multiples of MR, so
-    every tile is the one the whole product computes: the same values, bit for bit. For the
-    small-size path only (g, the product's B, is read in place)."""
+    every tile is the one the whole product computes: the same values, bit for bit (``skip``:
+    zeros of x skipped, see chunk_product). For the small-size path only (g, the product's
+    B, is read in place)."""
     cdef Py_ssize_t rows = chunk_rows(n_out, sizeof(floating)), c
     cdef Py_ssize_t n_chunks = (n_in + rows - 1) // rows
     cdef Py_ssize_t per_thread = chunk_scratch(batch, n_out, sizeof(floating))
@@ -1284,11 +1290,11 @@ cdef void weight_grad_update(const floating *x, const floating *g, floating *w, 
                               n_chunks if n_chunks < nthreads else nthreads)
     if nt == 1:
         for c in range(n_chunks):
-            grad_update_chunk(x, g, w, s1, s2, u, batch, n_in, n_out, c, ws)
+            grad_update_chunk(x, g, w, s1, s2, u, batch, n_in, n_out, c, ws, skip)
     else:
         for c in prange(n_chunks, num_threads=nt, schedule="static"):
             grad_update_chunk(x, g, w, s1, s2, u, batch, n_in, n_out, c,
-                              ws + threadid() * per_thread)
+                              ws + threadid() * per_thread, skip)
 
 
 cdef inline int sweep_parts(Py_ssize_t n_in, Py_ssize_t n_out, int nthreads) noexcept nogil:
@@ -1541,7 +1547,7 @@ cdef void _train_steps(list params, const floating[:, ::1] x, const int64_t[::1]
                         pending = True
                     elif is_small(n[i + 1], rows, f):       # dW = x^T g, chunk by chunk into w
                         weight_grad_update(act[i], g, p[2 * i], s1[2 * i], s2[2 * i], &u, rows,
-                                           n[i], n[i + 1], work, nt)
+                                           n[i], n[i + 1], work, nt, i == 0)
                     else:                                   # (too large a product to chunk)
                         gemm(act[i], n[i], True, g, n[i + 1], False, grad[2 * i], n[i + 1],
                              n[i], n[i + 1], rows, NULL, False, work, nt)
