@@ -104,13 +104,17 @@ cdef extern from "microkernel.h" nogil:
                             double *c, long ldc, int accumulate, const double *bias, int relu)
     void ukr_double_r1_direct(long kc, const double *a, long rsa, long csa, const double *b, long rsb,
                             double *c, long ldc, int accumulate, const double *bias, int relu)
-    # x^T g over the samples whose MR values of x are not all zero (UKR_SKIP)
+    # tiles over the listed k steps only: those whose MR values of A are not all zero
     long ukr_float_skip_rows(const float *x, long ldx, long batch, int *idx)
     long ukr_double_skip_rows(const double *x, long ldx, long batch, int *idx)
-    void ukr_float_skip(long nk, const int *idx, const float *a, long csa, const float *b,
-                        long rsb, float *c, long ldc)
-    void ukr_double_skip(long nk, const int *idx, const double *a, long csa, const double *b,
-                         long rsb, double *c, long ldc)
+    long ukr_float_skip_cols(const float *x, long ldx, long k, int *idx)
+    long ukr_double_skip_cols(const double *x, long ldx, long k, int *idx)
+    void ukr_float_skip(long nk, const int *idx, const float *a, long rsa, long csa,
+                        const float *b, long rsb, float *c, long ldc, const float *bias,
+                        int relu)
+    void ukr_double_skip(long nk, const int *idx, const double *a, long rsa, long csa,
+                         const double *b, long rsb, double *c, long ldc, const double *bias,
+                         int relu)
 
 cdef extern from "sweep.h" nogil:
     enum:
@@ -1233,9 +1237,11 @@ cdef void chunk_product(const floating *x, Py_ssize_t n_in, const floating *g,
         for u in range(full_cols // NR):
             jt = u * NR
             if floating is float:
-                ukr_float_skip(nk, idx, x + it, n_in, g + jt, n_out, c + it * n_out + jt, n_out)
+                ukr_float_skip(nk, idx, x + it, 1, n_in, g + jt, n_out, c + it * n_out + jt,
+                               n_out, NULL, False)
             else:
-                ukr_double_skip(nk, idx, x + it, n_in, g + jt, n_out, c + it * n_out + jt, n_out)
+                ukr_double_skip(nk, idx, x + it, 1, n_in, g + jt, n_out, c + it * n_out + jt,
+                                n_out, NULL, False)
     if full_cols < n_out:                       # the last, partial column strip
         gemm_direct(x, n_in, True, g + full_cols, n_out, False, c + full_cols, n_out, rows,
                     n_out - full_cols, batch, NULL, False, ws, 1)
@@ -1374,6 +1380,77 @@ cdef void gather(const floating *x, Py_ssize_t n_in, const int64_t *rows_of, Py_
             gather_rows(x, n_in, rows_of, part * per, min((part + 1) * per, rows), out)
 
 
+cdef inline Py_ssize_t int_lines(Py_ssize_t count, size_t itemsize) noexcept nogil:
+    """Elements (of itemsize) that hold ``count`` ints, on whole cache lines."""
+    return lines((count * sizeof(int) + itemsize - 1) // itemsize, itemsize)
+
+
+cdef void forward_strips(const floating *x, Py_ssize_t k, const floating *w, Py_ssize_t n,
+                         const floating *bias, bint relu, floating *h, Py_ssize_t s0,
+                         Py_ssize_t s1, Py_ssize_t full_cols, int *idx) noexcept nogil:
+    """Row strips s0:s1 of forward_skip's full tiles."""
+    cdef Py_ssize_t MR = MR_F32 if floating is float else MR_F64
+    cdef Py_ssize_t NR = NR_F32 if floating is float else NR_F64
+    cdef Py_ssize_t st, u, it, jt, nk
+    for st in range(s0, s1):
+        it = st * MR
+        if floating is float:
+            nk = ukr_float_skip_cols(x + it * k, k, k, idx)
+        else:
+            nk = ukr_double_skip_cols(x + it * k, k, k, idx)
+        for u in range(full_cols // NR):
+            jt = u * NR
+            if floating is float:
+                ukr_float_skip(nk, idx, x + it * k, k, 1, w + jt, n, h + it * n + jt, n,
+                               bias + jt if bias != NULL else NULL, relu)
+            else:
+                ukr_double_skip(nk, idx, x + it * k, k, 1, w + jt, n, h + it * n + jt, n,
+                                bias + jt if bias != NULL else NULL, relu)
+
+
+cdef void forward_skip(const floating *x, Py_ssize_t m, Py_ssize_t k, const floating *w,
+                       Py_ssize_t n, const floating *bias, bint relu, floating *h,
+                       floating *ws, int nthreads) noexcept nogil:
+    """h (m, n) = x (m, k) @ w (k, n) + bias (ReLU'd when relu), for the input layer's
+    forward pass: gemm_direct's product (w read in place), except that each full MR x NR tile
+    runs over the columns in which its MR rows of x are not all zero only (UKR_SKIP): the
+    same sums without their zero terms. Of a batch of 8 Fashion-MNIST images, 13% of the
+    pixels are zero in all 8; at batch 128 the pass took 125 us a step before, 120 after.
+    The last rows and columns (under a tile) are gemm_direct's, as
+    in the whole product. Threads take row strips, each with its list; ws:
+    forward_skip_scratch's elements, gemm_direct's scratch and then the lists."""
+    cdef Py_ssize_t MR = MR_F32 if floating is float else MR_F64
+    cdef Py_ssize_t NR = NR_F32 if floating is float else NR_F64
+    cdef Py_ssize_t full_rows = m // MR * MR, full_cols = n // NR * NR
+    cdef Py_ssize_t strips = full_rows // MR, per, part
+    cdef Py_ssize_t lists = gemm_scratch(m, n, k, False, nthreads, sizeof(floating))
+    cdef Py_ssize_t stride = int_lines(k, sizeof(floating))
+    cdef int parts = threads_for(2.0 * full_rows * full_cols * k, PAR_MIN_FLOPS,
+                                 min(strips, nthreads))
+    if parts == 1:
+        forward_strips(x, k, w, n, bias, relu, h, 0, strips, full_cols, <int *>(ws + lists))
+    elif parts > 1:
+        per = (strips + parts - 1) // parts
+        for part in prange(parts, num_threads=parts, schedule="static"):
+            forward_strips(x, k, w, n, bias, relu, h, part * per, min((part + 1) * per, strips),
+                           full_cols, <int *>(ws + lists + threadid() * stride))
+    if full_cols < n:                           # the last, partial column strip
+        gemm_direct(x, k, False, w + full_cols, n, False, h + full_cols, n, m, n - full_cols, k,
+                    bias + full_cols if bias != NULL else NULL, relu, ws, nthreads)
+    if full_rows < m:                           # the last rows, of the full strips
+        gemm_direct(x + full_rows * k, k, False, w, n, False, h + full_rows * n, n,
+                    m - full_rows, full_cols, k, bias, relu, ws, nthreads)
+
+
+cdef inline bint skips_forward(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out,
+                               size_t itemsize) noexcept nogil:
+    """_train_steps's choice for the input layer's forward pass: forward_skip while the
+    product takes the small-size path and has full tiles."""
+    cdef Py_ssize_t MR = MR_F32 if itemsize == 4 else MR_F64
+    cdef Py_ssize_t NR = NR_F32 if itemsize == 4 else NR_F64
+    return is_small(n_out, n_in, itemsize) and rows >= MR and n_out >= NR
+
+
 cdef Py_ssize_t step_scratch(const Py_ssize_t *n, Py_ssize_t n_layers, Py_ssize_t rows,
                              int nthreads, size_t itemsize) noexcept nogil:
     """Elements of scratch one step of ``rows`` rows needs for its products (the most any
@@ -1383,7 +1460,8 @@ cdef Py_ssize_t step_scratch(const Py_ssize_t *n, Py_ssize_t n_layers, Py_ssize_
         size = max(size, gemm_scratch(rows, n[i + 1], n[i], False, nthreads, itemsize),
                    linear_backward_scratch(rows, n[i], n[i + 1], nthreads, itemsize),
                    nthreads * chunk_scratch(rows, n[i + 1], itemsize))
-    return size
+    return max(size, gemm_scratch(rows, n[1], n[0], False, nthreads, itemsize)   # forward_skip
+               + nthreads * int_lines(n[0], itemsize))
 
 
 cdef inline bint is_aligned(const void *ptr) noexcept nogil:
@@ -1525,6 +1603,10 @@ cdef void _train_steps(list params, const floating[:, ::1] x, const int64_t[::1]
                                     p[2 * i], s1[2 * i], s2[2 * i], act[i], p[2 * i + 1],
                                     act[i + 1], i < L - 1, n[i], n[i + 1],
                                     sweep_parts(n[i], n[i + 1], nt), partial)
+                        continue
+                    if i == 0 and skips_forward(rows, n[0], n[1], f):  # (zeros of x skipped)
+                        forward_skip(act[0], rows, n[0], p[0], n[1], p[1], L > 1, act[1], work,
+                                     nt)
                         continue
                     gemm(act[i], n[i], False, p[2 * i], n[i + 1], False, act[i + 1], n[i + 1],
                          rows, n[i + 1], n[i], p[2 * i + 1], i < L - 1, work, nt)

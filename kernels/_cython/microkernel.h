@@ -218,29 +218,37 @@ UKR(ukr_double_r4, double, vf64, vi64, 8, 4, NR_F64, 1)
 UKR(ukr_double_r2, double, vf64, vi64, 8, 2, NR_F64, 2)
 UKR(ukr_double_r1, double, vf64, vi64, 8, 1, NR_F64, 4)
 
-/* UKR_SKIP(NAME, T, U, V, VL, MR, NR, MAGNITUDE): for the weight gradient x^T g of a
- * training step, where x holds exact zeros (the background pixels of an image).
+/* UKR_SKIP(NAME, T, UT, V, VI, VL, MR, NR, MAGNITUDE): products that skip the exact zeros
+ * of an input (the background pixels of an image), for a training step's first layer.
  *
- * NAME##_rows(x, ldx, batch, idx) lists in idx the rows p < batch of x whose MR elements
- * x[p * ldx : p * ldx + MR] are not all zero (of either sign: the bits under MAGNITUDE, in
- * each 64-bit word), and returns how many. NAME(nk, idx, a, csa, b, rsb, c, ldc) is then the full MR x NR tile
+ * NAME(nk, idx, a, rsa, csa, b, rsb, c, ldc, bias, relu) is the full MR x NR tile
  *
- *     C[0:MR, 0:NR] = sum over the listed p of A(:, p) B(p, :),  A(i, p) = a[i + p * csa]
+ *     C[0:MR, 0:NR] = sum over p in idx[0:nk] of A(:, p) B(p, :)   (+ bias) (ReLU)
  *
- * (A = x^T read in place), the k steps in the same order as the dense kernel's and the
- * others skipped: each is acc += 0 * b, which leaves every sum as it was (up to the sign of a
- * zero sum, and unless b is infinite or NaN, where the dense kernel would make a NaN).
- * The rows of B that the list jumps between are prefetched SKIP_PREFETCH steps ahead: the
- * dense kernel walks B at a fixed stride, which the hardware prefetcher follows, and the
- * list does not (at batch 128 the first layer's x^T g took 150 us a step with the dense
- * kernel, 138 skipping without the prefetch and 124 with it). */
+ * with A(i, p) = a[i * rsa + p * csa] and B rows b + p * rsb: the dense micro-kernel's k
+ * steps in the same order, those not listed left out. A listing leaves out only steps whose
+ * MR values of A are all zero, each of which is acc += 0 * b: every sum stays as it was (up
+ * to the sign of a zero sum, and unless b is infinite or NaN, where the dense kernel would
+ * make a NaN). The rows of B that the list jumps between are prefetched SKIP_PREFETCH steps
+ * ahead: the dense kernel walks B at a fixed stride, which the hardware prefetcher follows,
+ * and a list does not (at batch 128 the first layer's x^T g took 150 us a step with the
+ * dense kernel, 138 skipping without the prefetch and 124 with it).
+ *
+ * The listings, of the steps p whose MR values are not all zero (of either sign: the bits
+ * under MAGNITUDE, one element's):
+ *   NAME##_rows(x, ldx, batch, idx): the rows p of x for A = x^T (the weight gradient x^T g,
+ *       A(i, p) = x[p * ldx + i]: MR adjacent elements, OR-ed 64 bits at a time);
+ *   NAME##_cols(x, ldx, k, idx): the columns p of x's first MR rows for A = x (the forward
+ *       product x @ w): a flag per column, in a loop that vectorises, then the flags
+ *       compacted into the list in place. */
 #define SKIP_PREFETCH 8
-#define UKR_SKIP(NAME, T, V, VL, MR, NR, MAGNITUDE)                                   \
+#define UKR_SKIP(NAME, T, UT, V, VI, VL, MR, NR, MAGNITUDE)                                \
 static inline long NAME##_rows(const T *restrict x, long ldx, long batch, int *restrict idx) \
 {                                                                                         \
+    const unsigned long long mask = (unsigned long long)(MAGNITUDE)                       \
+                                    | (unsigned long long)(MAGNITUDE) << (8 * sizeof(T) % 64); \
     long nk = 0;                                                                          \
     for (long p = 0; p < batch; ++p) {                                                    \
-        /* the MR elements' bits OR-ed 64 at a time (two floats or one double a word) */  \
         unsigned long long bits = 0;                                                      \
         UNROLL for (int i = 0; i < MR * (int)sizeof(T) / 8; ++i) {                        \
             unsigned long long w;                                                         \
@@ -248,12 +256,32 @@ static inline long NAME##_rows(const T *restrict x, long ldx, long batch, int *r
             bits |= w;                                                                    \
         }                                                                                 \
         idx[nk] = (int)p;                       /* kept only if counted */                \
-        nk += (bits & (MAGNITUDE)) != 0;                                                  \
+        nk += (bits & mask) != 0;                                                         \
     }                                                                                     \
     return nk;                                                                            \
 }                                                                                         \
-static inline void NAME(long nk, const int *restrict idx, const T *restrict a, long csa,  \
-                        const T *restrict b, long rsb, T *restrict c, long ldc)           \
+static inline long NAME##_cols(const T *restrict x, long ldx, long k, int *restrict idx)  \
+{                                                                                         \
+    for (long p = 0; p < k; ++p) {                                                        \
+        UT bits = 0;                                                                      \
+        UNROLL for (int i = 0; i < MR; ++i) {                                             \
+            UT w;                                                                         \
+            memcpy(&w, x + i * ldx + p, sizeof w);                                        \
+            bits |= w;                                                                    \
+        }                                                                                 \
+        idx[p] = (bits & (MAGNITUDE)) != 0;                                               \
+    }                                                                                     \
+    long nk = 0;                                                                          \
+    for (long p = 0; p < k; ++p) {              /* nk <= p: idx[p] is read first */       \
+        const int keep = idx[p];                                                          \
+        idx[nk] = (int)p;                                                                 \
+        nk += keep;                                                                       \
+    }                                                                                     \
+    return nk;                                                                            \
+}                                                                                         \
+static inline void NAME(long nk, const int *restrict idx, const T *restrict a, long rsa,  \
+                        long csa, const T *restrict b, long rsb, T *restrict c, long ldc, \
+                        const T *restrict bias, int relu)                                 \
 {                                                                                         \
     V acc[MR][NR / VL];                                                                   \
     UNROLL for (int i = 0; i < MR; ++i)                                                   \
@@ -268,18 +296,27 @@ static inline void NAME(long nk, const int *restrict idx, const T *restrict a, l
         for (int v = 0; v < NR / VL; ++v)                                                 \
             brow[v] = *(const V *)(b + p * rsb + v * VL);                                 \
         UNROLL for (int i = 0; i < MR; ++i) {                                             \
-            T aip = a[i + p * csa];                                                       \
+            T aip = a[i * rsa + p * csa];                                                 \
             for (int v = 0; v < NR / VL; ++v)                                             \
                 acc[i][v] += aip * brow[v];                                               \
         }                                                                                 \
     }                                                                                     \
+    if (bias)                                                                             \
+        UNROLL for (int i = 0; i < MR; ++i)                                               \
+            for (int v = 0; v < NR / VL; ++v)                                             \
+                acc[i][v] += *(const V *)(bias + v * VL);                                 \
+    if (relu)                                                                             \
+        UNROLL for (int i = 0; i < MR; ++i)                                               \
+            for (int v = 0; v < NR / VL; ++v)                                             \
+                acc[i][v] = (V)((VI)acc[i][v] & (VI)(acc[i][v] > 0));                     \
     UNROLL for (int i = 0; i < MR; ++i)                                                   \
         for (int v = 0; v < NR / VL; ++v)                                                 \
             *(V *)(c + i * ldc + v * VL) = acc[i][v];                                     \
 }
 
-UKR_SKIP(ukr_float_skip, float, vf32, 16, MR_F32, NR_F32, 0x7fffffff7fffffffull)
-UKR_SKIP(ukr_double_skip, double, vf64, 8, MR_F64, NR_F64, 0x7fffffffffffffffull)
+UKR_SKIP(ukr_float_skip, float, unsigned int, vf32, vi32, 16, MR_F32, NR_F32, 0x7fffffffu)
+UKR_SKIP(ukr_double_skip, double, unsigned long long, vf64, vi64, 8, MR_F64, NR_F64,
+         0x7fffffffffffffffull)
 
 TRANSPOSE(transpose_f32, float, vf32, vi32, VL_F32,
           ((vi32){0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}))
