@@ -20,7 +20,8 @@ Design note (after scikit-learn's ``_loss.pyx``; the matmul after bluss's matrix
   microkernel.h, next to the cache arithmetic behind them. Small products (all of the MLP's
   shapes) take ``gemm_direct``: the same micro-kernel reading A and B in place over the
   whole of k, because there packing costs more than it saves; its last rows run 4/2/1-row
-  kernels rather than padding a batch of 1 to MR rows.
+  kernels rather than padding a batch of 1 to MR rows. A C at most half a strip wide with
+  op(A) transposed (the 10 classes' x^T g) runs on its transpose (``gemm_small``).
 * linear and linear_backward reuse that matmul: bias and ReLU run in the micro-kernel's
   epilogue while the C tile is in registers; the backward fuses the ReLU mask with the
   bias gradient in one pass and gets x^T g and g w^T from the packing, with no transposes.
@@ -35,8 +36,10 @@ Design note (after scikit-learn's ``_loss.pyx``; the matmul after bluss's matrix
   between calls (``scratch_take`` / ``scratch_give``), handed out under the GIL.
 * ``train_steps`` runs kernels/_steps.py's training step many times in one call, without the
   GIL, on these same kernels in the same order (the per-op path's results, bit for bit); a
-  weight's gradient goes straight into its update, a chunk at a time, never to memory. At a
-  batch of one it sweeps each layer's weights once a step instead (sweep.h): the update of
+  weight's gradient goes straight into its update, a chunk at a time, never to memory. The
+  input layer's products skip the exact zeros of the batch (microkernel.h's UKR_SKIP: the
+  same sums without their zero terms), and the batch's gather is split between threads. At
+  a batch of one it sweeps each layer's weights once a step instead (sweep.h): the update of
   one step fused with the next step's forward pass, the first layer split by rows between
   threads; the same arithmetic, summed in another order.
 """
