@@ -40,8 +40,10 @@ Design note
   softmax-cross-entropy keeps IEEE semantics (``nnan``/``ninf`` would break its +-inf logic)
   and allows contraction, and reassociation in its row sums. Its float32 exp is Cephes' expf
   written as arithmetic (``_exp_shifted``, as cython's vecmath.h): libm's expf is a call,
-  which keeps a loop scalar, and Numba has no vector math library of its own to call. ``error_model="numpy"`` where a kernel divides: Python's
-  zero-division check otherwise blocks vectorisation (Adam ran scalar). ``parallel=True``
+  which keeps a loop scalar, and Numba has no vector math library of its own to call; its
+  loss takes one log per run of rows (the log of a product of the rows' sums).
+  ``error_model="numpy"`` where a kernel divides: Python's zero-division check otherwise
+  blocks vectorisation (Adam ran scalar). ``parallel=True``
   only where it pays: the matmul's task loop, softmax over rows and the elementwise ops, each
   taken only above a size threshold.
 * Specialisations: one per dtype (train_steps: per dtype and layer count, its layers held in

@@ -159,6 +159,14 @@ def _run_steps(fused, problem, batch, kind, momentum, weight_decay, step):
     return params, flat_state, losses
 
 
+def _fused_and_per_op(problem, batch, kind, momentum, weight_decay, step):
+    """The fused loop's and the per-op path's results on one problem: (the fused losses,
+    [(fused, per-op)] for every parameter, every state array and the losses)."""
+    got = _run_steps(True, problem, batch, kind, momentum, weight_decay, step)
+    want = _run_steps(False, problem, batch, kind, momentum, weight_decay, step)
+    return got[2], list(zip(got[0] + got[1] + [got[2]], want[0] + want[1] + [want[2]]))
+
+
 OPTIMIZERS = [("sgd", 0.0, 0.0, 0), ("sgd", 0.9, 1e-3, 0), ("adam", 0.0, 1e-2, 7)]
 
 
@@ -173,11 +181,10 @@ def test_fused_train_steps_match_per_op(dtype, sizes, kind, momentum, weight_dec
     kernels.backend_module("cython").set_threads(threads)
     for batch, samples, misaligned in [(4, 11, True), (32, 70, False), (16, 40, True)]:
         problem = _steps_problem(sizes, dtype, samples, seed=batch, misaligned=misaligned)
-        got = _run_steps(True, problem, batch, kind, momentum, weight_decay, step)
-        want = _run_steps(False, problem, batch, kind, momentum, weight_decay, step)
-        for g, w in zip(got[0] + got[1] + [got[2]], want[0] + want[1] + [want[2]]):
+        losses, pairs = _fused_and_per_op(problem, batch, kind, momentum, weight_decay, step)
+        for g, w in pairs:
             np.testing.assert_array_equal(g, w, err_msg=f"batch {batch} of {samples}")
-        assert np.isfinite(got[2]).all()
+        assert np.isfinite(losses).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -198,11 +205,10 @@ def test_fused_train_steps_skip_zero_inputs(dtype, sizes, kind, momentum, weight
         x *= rng.random(x.shape) < 0.5                      # scattered zeros
         x[::2, 8:40] = 0                                    # whole 8-wide groups, every other row
         x[5] = 0                                            # and one sample all zero
-        got = _run_steps(True, problem, batch, kind, momentum, weight_decay, step)
-        want = _run_steps(False, problem, batch, kind, momentum, weight_decay, step)
-        for g, w in zip(got[0] + got[1] + [got[2]], want[0] + want[1] + [want[2]]):
+        losses, pairs = _fused_and_per_op(problem, batch, kind, momentum, weight_decay, step)
+        for g, w in pairs:
             np.testing.assert_array_equal(g, w, err_msg=f"batch {batch} of {samples}")
-        assert np.isfinite(got[2]).all()
+        assert np.isfinite(losses).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -219,12 +225,11 @@ def test_batch_of_one_sweep_matches_per_op(dtype, sizes, kind, momentum, weight_
     kernels.backend_module("cython").set_threads(threads)
     for samples, misaligned in [(1, False), (6, True), (9, False)]:
         problem = _steps_problem(sizes, dtype, samples, seed=samples, misaligned=misaligned)
-        got = _run_steps(True, problem, 1, kind, momentum, weight_decay, step)
-        want = _run_steps(False, problem, 1, kind, momentum, weight_decay, step)
+        losses, pairs = _fused_and_per_op(problem, 1, kind, momentum, weight_decay, step)
         tol = 2e-5 if dtype == np.float32 else 1e-12
-        for g, w in zip(got[0] + got[1] + [got[2]], want[0] + want[1] + [want[2]]):
+        for g, w in pairs:
             np.testing.assert_allclose(g, w, rtol=tol, atol=tol, err_msg=f"{samples} steps")
-        assert np.isfinite(got[2]).all()
+        assert np.isfinite(losses).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -235,9 +240,8 @@ def test_fused_train_steps_past_the_chunked_update(dtype, kind, momentum, weight
     kernels.backend_module("cython").set_threads(2)
     batch = 450 if dtype == np.float32 else 230
     problem = _steps_problem([20, 300, 4], dtype, batch + 50, seed=3)
-    got = _run_steps(True, problem, batch, kind, momentum, weight_decay, step)
-    want = _run_steps(False, problem, batch, kind, momentum, weight_decay, step)
-    for g, w in zip(got[0] + got[1] + [got[2]], want[0] + want[1] + [want[2]]):
+    _, pairs = _fused_and_per_op(problem, batch, kind, momentum, weight_decay, step)
+    for g, w in pairs:
         np.testing.assert_array_equal(g, w)
 
 

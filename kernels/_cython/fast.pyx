@@ -1150,10 +1150,11 @@ def adam_step(param, grad, m, v, long step, double lr, double beta1, double beta
 # batch 1 writing dW1 and reading it back cost more than computing it). The update moves
 # into the backward pass, after dx (which needs the old w), which changes no value: every
 # update is elementwise on its own arrays. Each chunk of the input layer's x^T g skips the
-# samples whose MR values of x are all zero (chunk_product): half of an image's pixels are background, and at
-# batch 128 that cut the first layer's gradient and update from 150 to 124 us a step. The
-# batch's gather, the step's one memory-bound pass (its rows come from anywhere in x), is
-# split between the threads.
+# samples whose MR values of x are all zero (chunk_product): half of an image's pixels are
+# background, and at batch 128 that cut the first layer's gradient and update from 150 to
+# 124 us a step; its forward pass skips likewise (forward_skip). The batch's gather, the
+# step's one memory-bound pass (its rows come from anywhere in x), is split between the
+# threads.
 #
 # At a batch of one, a second: the update of step k moves on into step k + 1's forward pass,
 # the first thing that reads the new weights, and the two run as one sweep over each layer's
@@ -1198,13 +1199,67 @@ cdef inline Py_ssize_t chunk_rows(Py_ssize_t n_out, size_t itemsize) noexcept no
     return rows if rows > MR else MR
 
 
+cdef inline Py_ssize_t int_lines(Py_ssize_t count, size_t itemsize) noexcept nogil:
+    """Elements (of itemsize) that hold ``count`` ints, on whole cache lines."""
+    return lines((count * sizeof(int) + itemsize - 1) // itemsize, itemsize)
+
+
 cdef inline Py_ssize_t chunk_scratch(Py_ssize_t batch, Py_ssize_t n_out,
                                      size_t itemsize) noexcept nogil:
     """One thread's scratch in weight_grad_update: its chunk of dW, gemm_small's scratch,
     then chunk_product's list of samples (batch ints)."""
     return (lines(chunk_rows(n_out, itemsize) * n_out, itemsize)
             + gemm_scratch(chunk_rows(n_out, itemsize), n_out, batch, False, 1, itemsize)
-            + lines((batch * sizeof(int) + itemsize - 1) // itemsize, itemsize))
+            + int_lines(batch, itemsize))
+
+
+cdef void skip_strips(const floating *a, Py_ssize_t lda, bint trans_a, const floating *b,
+                      Py_ssize_t ldb, floating *c, Py_ssize_t ldc, Py_ssize_t n, Py_ssize_t k,
+                      const floating *bias, bint relu, Py_ssize_t s0, Py_ssize_t s1,
+                      int *idx) noexcept nogil:
+    """Row strips s0:s1 of C = op(A) B (+ bias, ReLU'd when relu), B read in place: their
+    full MR x NR tiles only, each over the k steps at which its MR rows of op(A) are not all
+    zero (microkernel.h's UKR_SKIP: the same sums, in the same order, without their zero
+    terms). idx: room for k ints, the strip's list. skip_edges does the rest of C."""
+    cdef Py_ssize_t MR = MR_F32 if floating is float else MR_F64
+    cdef Py_ssize_t NR = NR_F32 if floating is float else NR_F64
+    cdef long rsa = 1 if trans_a else lda, csa = lda if trans_a else 1
+    cdef Py_ssize_t st, u, nk
+    cdef const floating *at
+    for st in range(s0, s1):
+        at = a + st * MR * rsa
+        if floating is float:
+            nk = (ukr_float_skip_rows(at, lda, k, idx) if trans_a
+                  else ukr_float_skip_cols(at, lda, k, idx))
+        else:
+            nk = (ukr_double_skip_rows(at, lda, k, idx) if trans_a
+                  else ukr_double_skip_cols(at, lda, k, idx))
+        for u in range(n // NR):
+            if floating is float:
+                ukr_float_skip(nk, idx, at, rsa, csa, b + u * NR, ldb, c + st * MR * ldc + u * NR,
+                               ldc, bias + u * NR if bias != NULL else NULL, relu)
+            else:
+                ukr_double_skip(nk, idx, at, rsa, csa, b + u * NR, ldb, c + st * MR * ldc + u * NR,
+                                ldc, bias + u * NR if bias != NULL else NULL, relu)
+
+
+cdef void skip_edges(const floating *a, Py_ssize_t lda, bint trans_a, const floating *b,
+                     Py_ssize_t ldb, floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n,
+                     Py_ssize_t k, const floating *bias, bint relu, floating *ws,
+                     int nthreads) noexcept nogil:
+    """What skip_strips leaves of C = op(A) B: the last, partial column strip and the last
+    rows (under a tile) of the full strips, gemm_direct's as in the whole product."""
+    cdef Py_ssize_t MR = MR_F32 if floating is float else MR_F64
+    cdef Py_ssize_t NR = NR_F32 if floating is float else NR_F64
+    cdef Py_ssize_t full_rows = m // MR * MR, full_cols = n // NR * NR
+    if full_cols < n:
+        gemm_direct(a, lda, trans_a, b + full_cols, ldb, False, c + full_cols, ldc, m,
+                    n - full_cols, k, bias + full_cols if bias != NULL else NULL, relu, ws,
+                    nthreads)
+    if full_rows < m:
+        gemm_direct(a + full_rows * (1 if trans_a else lda), lda, trans_a, b, ldb, False,
+                    c + full_rows * ldc, ldc, m - full_rows, full_cols, k, bias, relu, ws,
+                    nthreads)
 
 
 cdef void chunk_product(const floating *x, Py_ssize_t n_in, const floating *g,
@@ -1219,38 +1274,14 @@ cdef void chunk_product(const floating *x, Py_ssize_t n_in, const floating *g,
     and there the lists cost more than they skip (64 -> 128: 15 -> 17.5 us a step), so the
     loop asks for it on the input only. The last rows and columns (under a tile) are
     gemm_direct's, as in the whole product."""
-    cdef Py_ssize_t MR, NR, t, u, it, jt, nk
-    if floating is float:
-        MR = MR_F32
-        NR = NR_F32
-    else:
-        MR = MR_F64
-        NR = NR_F64
-    cdef Py_ssize_t full_rows = rows // MR * MR, full_cols = n_out // NR * NR
-    if not skip or is_narrow(n_out, sizeof(floating)) or full_rows == 0 or full_cols == 0:
+    cdef Py_ssize_t MR = MR_F32 if floating is float else MR_F64
+    cdef Py_ssize_t NR = NR_F32 if floating is float else NR_F64
+    if not skip or is_narrow(n_out, sizeof(floating)) or rows < MR or n_out < NR:
         gemm_small(x, n_in, True, g, n_out, False, c, n_out, rows, n_out, batch, NULL, False,
                    ws, 1)
         return
-    for t in range(full_rows // MR):
-        it = t * MR
-        if floating is float:
-            nk = ukr_float_skip_rows(x + it, n_in, batch, idx)
-        else:
-            nk = ukr_double_skip_rows(x + it, n_in, batch, idx)
-        for u in range(full_cols // NR):
-            jt = u * NR
-            if floating is float:
-                ukr_float_skip(nk, idx, x + it, 1, n_in, g + jt, n_out, c + it * n_out + jt,
-                               n_out, NULL, False)
-            else:
-                ukr_double_skip(nk, idx, x + it, 1, n_in, g + jt, n_out, c + it * n_out + jt,
-                                n_out, NULL, False)
-    if full_cols < n_out:                       # the last, partial column strip
-        gemm_direct(x, n_in, True, g + full_cols, n_out, False, c + full_cols, n_out, rows,
-                    n_out - full_cols, batch, NULL, False, ws, 1)
-    if full_rows < rows:                        # the last rows, of the full strips
-        gemm_direct(x + full_rows, n_in, True, g, n_out, False, c + full_rows * n_out, n_out,
-                    rows - full_rows, full_cols, batch, NULL, False, ws, 1)
+    skip_strips(x, n_in, True, g, n_out, c, n_out, n_out, batch, NULL, False, 0, rows // MR, idx)
+    skip_edges(x, n_in, True, g, n_out, c, n_out, rows, n_out, batch, NULL, False, ws, 1)
 
 
 cdef inline void grad_update_chunk(const floating *x, const floating *g, floating *w,
@@ -1383,66 +1414,31 @@ cdef void gather(const floating *x, Py_ssize_t n_in, const int64_t *rows_of, Py_
             gather_rows(x, n_in, rows_of, part * per, min((part + 1) * per, rows), out)
 
 
-cdef inline Py_ssize_t int_lines(Py_ssize_t count, size_t itemsize) noexcept nogil:
-    """Elements (of itemsize) that hold ``count`` ints, on whole cache lines."""
-    return lines((count * sizeof(int) + itemsize - 1) // itemsize, itemsize)
-
-
-cdef void forward_strips(const floating *x, Py_ssize_t k, const floating *w, Py_ssize_t n,
-                         const floating *bias, bint relu, floating *h, Py_ssize_t s0,
-                         Py_ssize_t s1, Py_ssize_t full_cols, int *idx) noexcept nogil:
-    """Row strips s0:s1 of forward_skip's full tiles."""
-    cdef Py_ssize_t MR = MR_F32 if floating is float else MR_F64
-    cdef Py_ssize_t NR = NR_F32 if floating is float else NR_F64
-    cdef Py_ssize_t st, u, it, jt, nk
-    for st in range(s0, s1):
-        it = st * MR
-        if floating is float:
-            nk = ukr_float_skip_cols(x + it * k, k, k, idx)
-        else:
-            nk = ukr_double_skip_cols(x + it * k, k, k, idx)
-        for u in range(full_cols // NR):
-            jt = u * NR
-            if floating is float:
-                ukr_float_skip(nk, idx, x + it * k, k, 1, w + jt, n, h + it * n + jt, n,
-                               bias + jt if bias != NULL else NULL, relu)
-            else:
-                ukr_double_skip(nk, idx, x + it * k, k, 1, w + jt, n, h + it * n + jt, n,
-                                bias + jt if bias != NULL else NULL, relu)
-
-
 cdef void forward_skip(const floating *x, Py_ssize_t m, Py_ssize_t k, const floating *w,
                        Py_ssize_t n, const floating *bias, bint relu, floating *h,
                        floating *ws, int nthreads) noexcept nogil:
     """h (m, n) = x (m, k) @ w (k, n) + bias (ReLU'd when relu), for the input layer's
     forward pass: gemm_direct's product (w read in place), except that each full MR x NR tile
-    runs over the columns in which its MR rows of x are not all zero only (UKR_SKIP): the
+    runs over the columns in which its MR rows of x are not all zero only (skip_strips): the
     same sums without their zero terms. Of a batch of 8 Fashion-MNIST images, 13% of the
     pixels are zero in all 8; at batch 128 the pass took 125 us a step before, 120 after.
-    The last rows and columns (under a tile) are gemm_direct's, as
-    in the whole product. Threads take row strips, each with its list; ws:
-    forward_skip_scratch's elements, gemm_direct's scratch and then the lists."""
+    Threads take row strips, each with its list; ws: gemm_scratch's elements for the
+    product, then nthreads lists of k ints (step_scratch counts them)."""
     cdef Py_ssize_t MR = MR_F32 if floating is float else MR_F64
     cdef Py_ssize_t NR = NR_F32 if floating is float else NR_F64
-    cdef Py_ssize_t full_rows = m // MR * MR, full_cols = n // NR * NR
-    cdef Py_ssize_t strips = full_rows // MR, per, part
-    cdef Py_ssize_t lists = gemm_scratch(m, n, k, False, nthreads, sizeof(floating))
-    cdef Py_ssize_t stride = int_lines(k, sizeof(floating))
-    cdef int parts = threads_for(2.0 * full_rows * full_cols * k, PAR_MIN_FLOPS,
+    cdef Py_ssize_t strips = m // MR, per, part
+    cdef int *lists = <int *>(ws + gemm_scratch(m, n, k, False, nthreads, sizeof(floating)))
+    cdef Py_ssize_t stride = int_lines(k, sizeof(floating)) * sizeof(floating) // sizeof(int)
+    cdef int parts = threads_for(2.0 * strips * MR * (n // NR * NR) * k, PAR_MIN_FLOPS,
                                  min(strips, nthreads))
     if parts == 1:
-        forward_strips(x, k, w, n, bias, relu, h, 0, strips, full_cols, <int *>(ws + lists))
+        skip_strips(x, k, False, w, n, h, n, n, k, bias, relu, 0, strips, lists)
     elif parts > 1:
         per = (strips + parts - 1) // parts
         for part in prange(parts, num_threads=parts, schedule="static"):
-            forward_strips(x, k, w, n, bias, relu, h, part * per, min((part + 1) * per, strips),
-                           full_cols, <int *>(ws + lists + threadid() * stride))
-    if full_cols < n:                           # the last, partial column strip
-        gemm_direct(x, k, False, w + full_cols, n, False, h + full_cols, n, m, n - full_cols, k,
-                    bias + full_cols if bias != NULL else NULL, relu, ws, nthreads)
-    if full_rows < m:                           # the last rows, of the full strips
-        gemm_direct(x + full_rows * k, k, False, w, n, False, h + full_rows * n, n,
-                    m - full_rows, full_cols, k, bias, relu, ws, nthreads)
+            skip_strips(x, k, False, w, n, h, n, n, k, bias, relu, part * per,
+                        min((part + 1) * per, strips), lists + threadid() * stride)
+    skip_edges(x, k, False, w, n, h, n, m, n, k, bias, relu, ws, nthreads)
 
 
 cdef inline bint skips_forward(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out,

@@ -121,6 +121,40 @@ static inline void NAME(const T *restrict src, long lds, T *restrict dst, long l
 }
 
 
+/* Pieces of every micro-kernel below, written once. They use the enclosing kernel's
+ * operands by name: a, rsa, csa (A(i, p) = a[i * rsa + p * csa]), b, rsb (B rows b + p * rsb),
+ * c, ldc, bias and relu.
+ * TILE_STEP(T, V, VL, MR, NR, ACC, P): one k step, ACC[i][:] += A(i, P) B(P, :).
+ * TILE_EPILOGUE(V, VI, VL, MR, NR, ACC): bias, then ReLU, then the store of ACC into C, one
+ * branch per step for the whole tile: with the branches inside the element loop GCC spilled
+ * all 16 accumulators to the stack to share them between paths, which doubled the cost of
+ * a tile at small kc (a batch of 1's dW = x^T g). */
+#define TILE_STEP(T, V, VL, MR, NR, ACC, P)                                                \
+    do {                                                                                  \
+        V brow[NR / VL];                                                                  \
+        for (int v = 0; v < NR / VL; ++v)                                                 \
+            brow[v] = *(const V *)(b + (P) * rsb + v * VL);                               \
+        UNROLL for (int i = 0; i < MR; ++i) {                                             \
+            T aip = a[i * rsa + (P) * csa];                                               \
+            for (int v = 0; v < NR / VL; ++v)                                             \
+                ACC[i][v] += aip * brow[v];                                               \
+        }                                                                                 \
+    } while (0)
+#define TILE_EPILOGUE(V, VI, VL, MR, NR, ACC)                                              \
+    do {                                                                                  \
+        if (bias)                                                                         \
+            UNROLL for (int i = 0; i < MR; ++i)                                           \
+                for (int v = 0; v < NR / VL; ++v)                                         \
+                    ACC[i][v] += *(const V *)(bias + v * VL);                             \
+        if (relu)                                                                         \
+            UNROLL for (int i = 0; i < MR; ++i)                                           \
+                for (int v = 0; v < NR / VL; ++v)                                         \
+                    ACC[i][v] = (V)((VI)ACC[i][v] & (VI)(ACC[i][v] > 0));                 \
+        UNROLL for (int i = 0; i < MR; ++i)                                               \
+            for (int v = 0; v < NR / VL; ++v)                                             \
+                *(V *)(c + i * ldc + v * VL) = ACC[i][v];                                 \
+    } while (0)
+
 /* UKR(T, V, VL, MR, NR): defines ukr_<T>_strided, the MR x NR micro-kernel
  *
  *     C[0:MR, 0:NR] = (accumulate ? C : 0) + sum_{p < kc} A(:, p) B(p, :)   (+ bias) (ReLU)
@@ -144,48 +178,19 @@ NAME##_strided(long kc, const T *restrict a, long rsa, long csa,                
                 acc[u][i][v] = (V){0};                                                    \
     long p = 0;                                                                           \
     for (; p + KU <= kc; p += KU)                                                         \
-        UNROLL for (int u = 0; u < KU; ++u) {                                                    \
-            V brow[NR / VL];                                                              \
-            for (int v = 0; v < NR / VL; ++v)                                             \
-                brow[v] = *(const V *)(b + (p + u) * rsb + v * VL);                       \
-            UNROLL for (int i = 0; i < MR; ++i) {                                                \
-                T aip = a[i * rsa + (p + u) * csa];                                       \
-                for (int v = 0; v < NR / VL; ++v)                                         \
-                    acc[u][i][v] += aip * brow[v];                                        \
-            }                                                                             \
-        }                                                                                 \
-    for (; p < kc; ++p) {                                                                 \
-        V brow[NR / VL];                                                                  \
-        for (int v = 0; v < NR / VL; ++v)                                                 \
-            brow[v] = *(const V *)(b + p * rsb + v * VL);                                 \
-        UNROLL for (int i = 0; i < MR; ++i) {                                                    \
-            T aip = a[i * rsa + p * csa];                                                 \
-            for (int v = 0; v < NR / VL; ++v)                                             \
-                acc[0][i][v] += aip * brow[v];                                            \
-        }                                                                                 \
-    }                                                                                     \
+        UNROLL for (int u = 0; u < KU; ++u)                                               \
+            TILE_STEP(T, V, VL, MR, NR, acc[u], p + u);                                   \
+    for (; p < kc; ++p)                                                                   \
+        TILE_STEP(T, V, VL, MR, NR, acc[0], p);                                           \
     UNROLL for (int u = 1; u < KU; ++u)                                                          \
         UNROLL for (int i = 0; i < MR; ++i)                                                      \
             for (int v = 0; v < NR / VL; ++v)                                             \
                 acc[0][i][v] += acc[u][i][v];                                             \
-    /* The epilogue, one branch per step for the whole tile: with the branches inside the \
-     * element loop GCC spilled all 16 accumulators to the stack to share them between     \
-     * paths, which doubled the cost of a tile at small kc (a batch of 1's dW = x^T g). */ \
     if (accumulate)                                                                       \
-        UNROLL for (int i = 0; i < MR; ++i)                                                      \
+        UNROLL for (int i = 0; i < MR; ++i)                                               \
             for (int v = 0; v < NR / VL; ++v)                                             \
                 acc[0][i][v] += *(const V *)(c + i * ldc + v * VL);                       \
-    if (bias)                                                                             \
-        UNROLL for (int i = 0; i < MR; ++i)                                                      \
-            for (int v = 0; v < NR / VL; ++v)                                             \
-                acc[0][i][v] += *(const V *)(bias + v * VL);                              \
-    if (relu)                                                                             \
-        UNROLL for (int i = 0; i < MR; ++i)                                                      \
-            for (int v = 0; v < NR / VL; ++v)                                             \
-                acc[0][i][v] = (V)((VI)acc[0][i][v] & (VI)(acc[0][i][v] > 0));            \
-    UNROLL for (int i = 0; i < MR; ++i)                                                          \
-        for (int v = 0; v < NR / VL; ++v)                                                 \
-            *(V *)(c + i * ldc + v * VL) = acc[0][i][v];                                  \
+    TILE_EPILOGUE(V, VI, VL, MR, NR, acc[0]);                                             \
 }                                                                                         \
 /* A and B packed by fast.pyx's pack(): A micro-panel kc x MR, B micro-panel kc x NR. */  \
 static __attribute__((unused)) void NAME##_packed(long kc, const T *restrict a, const T *restrict b,         \
@@ -292,26 +297,9 @@ static inline void NAME(long nk, const int *restrict idx, const T *restrict a, l
         if (q + SKIP_PREFETCH < nk)                                                       \
             for (int l = 0; l < NR * (int)sizeof(T); l += 64)                             \
                 __builtin_prefetch((const char *)(b + idx[q + SKIP_PREFETCH] * rsb) + l); \
-        V brow[NR / VL];                                                                  \
-        for (int v = 0; v < NR / VL; ++v)                                                 \
-            brow[v] = *(const V *)(b + p * rsb + v * VL);                                 \
-        UNROLL for (int i = 0; i < MR; ++i) {                                             \
-            T aip = a[i * rsa + p * csa];                                                 \
-            for (int v = 0; v < NR / VL; ++v)                                             \
-                acc[i][v] += aip * brow[v];                                               \
-        }                                                                                 \
+        TILE_STEP(T, V, VL, MR, NR, acc, p);                                              \
     }                                                                                     \
-    if (bias)                                                                             \
-        UNROLL for (int i = 0; i < MR; ++i)                                               \
-            for (int v = 0; v < NR / VL; ++v)                                             \
-                acc[i][v] += *(const V *)(bias + v * VL);                                 \
-    if (relu)                                                                             \
-        UNROLL for (int i = 0; i < MR; ++i)                                               \
-            for (int v = 0; v < NR / VL; ++v)                                             \
-                acc[i][v] = (V)((VI)acc[i][v] & (VI)(acc[i][v] > 0));                     \
-    UNROLL for (int i = 0; i < MR; ++i)                                                   \
-        for (int v = 0; v < NR / VL; ++v)                                                 \
-            *(V *)(c + i * ldc + v * VL) = acc[i][v];                                     \
+    TILE_EPILOGUE(V, VI, VL, MR, NR, acc);                                                \
 }
 
 UKR_SKIP(ukr_float_skip, float, unsigned int, vf32, vi32, 16, MR_F32, NR_F32, 0x7fffffffu)
