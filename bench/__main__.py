@@ -1,6 +1,6 @@
 """Run the whole benchmark suite and write the report: ``python -m bench``.
 
-    python -m bench                       # everything, into results/  (about 7 minutes on 2 cores)
+    python -m bench                       # everything, into results/  (about 9 minutes on 2 cores)
     python -m bench --threads 2           # the thread count every set uses (default: every core)
     python -m bench --out results/runs/x  # somewhere else (results/runs/ is git-ignored)
     python -m bench --quick -- -k numpy   # a short smoke run; arguments after -- go to pytest
@@ -12,8 +12,9 @@ Steps, each in its own process so one cannot disturb the next:
 3. pytest-benchmark over bench/ (every op on every CPU set, the references, and end to end)
    -> bench-cpu.json; on a machine with a GPU, a second run of the CUDA entries (with torch
    on the CPU beside them) -> bench-gpu.json;
-4. ``bench.time_to_accuracy`` (when the trainer is present) -> time_to_accuracy.json, and
-   ``bench.profile_step``: where a training step's time goes -> profile_step.json;
+4. ``bench.time_to_accuracy`` (when the trainer is present) -> time_to_accuracy.json,
+   ``bench.profile_step``: where a training step's time goes -> profile_step.json, and
+   ``bench.paired``: the targets' two sides timed in alternating turns -> paired.json;
 5. ``bench.peak`` again: the peaks kept are the best of the two measurements, so a disturbance
    during one of them does not understate the machine;
 6. ``bench.report`` -> REPORT.md and charts/.
@@ -100,7 +101,8 @@ def main(argv=None):
     parser.add_argument("--out", default=str(ROOT / "results"), help="results directory (default results/)")
     parser.add_argument("--quick", action="store_true", help="short timings and small peak problems: a smoke test")
     parser.add_argument("--dtypes", default="float32", help="comma-separated (default float32)")
-    parser.add_argument("--skip", default="", help="comma-separated steps to skip: peak,first_call,bench,gpu,tta,profile,report")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated steps to skip: peak,first_call,bench,gpu,tta,profile,paired,report")
     args = parser.parse_args(argv)
 
     import kernels
@@ -146,6 +148,9 @@ def main(argv=None):
     if "profile" not in skip:
         step("training-step profile", [py, "-m", "bench.profile_step", "--threads", str(threads),
                                        "--out", str(out / "profile_step.json")] + quick, failures)
+    if "paired" not in skip:
+        step("targets in alternating turns", [py, "-m", "bench.paired", "--threads", str(threads),
+                                              "--out", str(out / "paired.json")] + quick, failures)
     if "peak" not in skip:
         step("peak (after)", [py, "-m", "bench.peak", "--threads", str(threads), "--out", str(out / "peak-after.json")]
              + quick, failures)

@@ -15,20 +15,12 @@ import pytest
 import kernels
 from bench import cases as C
 from bench.conftest import get_set
-from bench.inputs import empty, native
-
-
-def _operands(ks, case, dtype):
-    p = case.params
-    m, k, n = p["m"], p["k"], p["n"]
-    a = native(ks, (k, m) if p["trans_a"] else (m, k), dtype, seed=1)
-    b = native(ks, (n, k) if p["trans_b"] else (k, n), dtype, seed=2)
-    return a, b, empty(ks, (m, n), dtype)
+from bench.inputs import matmul_operands, native
 
 
 @pytest.mark.cases(C.square_matmul_cases() + C.mlp_matmul_cases())
 def test_matmul(ks, case, dtype, measure):
-    a, b, out = _operands(ks, case, dtype)
+    a, b, out = matmul_operands(ks, case, dtype)
     ta, tb = case.params["trans_a"], case.params["trans_b"]
     measure(lambda: ks.matmul(a, b, trans_a=ta, trans_b=tb, out=out))
 

@@ -13,12 +13,12 @@
 Every op writes preallocated outputs (out=), as the trainer does, so allocation is not timed.
 """
 
-import numpy as np
 import pytest
 
 from bench import cases as C
-from bench.conftest import device_of, skip_unless_available, torch_threads
-from bench.inputs import empty, labels, native, normal, rng
+from bench.conftest import skip_unless_available, torch_threads
+from bench.inputs import (autograd_cross_entropy, empty, linear_inputs, native, normal, relu_backward_inputs,
+                          softmax_inputs)
 
 AUTOGRAD_REFS = (C.TORCH_AUTOGRAD, C.TORCH_AUTOGRAD + "-cuda")
 OPTIM_REFS = (C.TORCH_OPTIM, C.TORCH_OPTIM + "-cuda")
@@ -34,9 +34,7 @@ def test_relu(ks, case, dtype, measure):
 @pytest.mark.cases(C.elementwise_cases("relu_backward"))
 def test_relu_backward(ks, case, dtype, measure):
     shape = (case.params["rows"], case.params["cols"])
-    grad_y = native(ks, shape, dtype, seed=1)
-    y = ks.asarray(np.maximum(normal(shape, dtype, seed=2), 0))
-    out = empty(ks, shape, dtype)
+    grad_y, y, out = relu_backward_inputs(ks, shape, dtype)
     measure(lambda: ks.relu_backward(grad_y, y, out=out))
 
 
@@ -47,31 +45,14 @@ def test_relu_backward(ks, case, dtype, measure):
 def test_softmax_cross_entropy(set_name, case, dtype, threads, measure):
     batch, classes = case.params["batch"], case.params["classes"]
     if set_name in AUTOGRAD_REFS:
-        measure(_autograd_cross_entropy(set_name, batch, classes, dtype, threads))
+        device = skip_unless_available(set_name)
+        measure(autograd_cross_entropy(torch_threads(threads), batch, classes, dtype, device))
         return
     from bench.conftest import get_set
 
     ks = get_set(set_name, threads)
-    logits = native(ks, (batch, classes), dtype, scale=3.0)
-    target = labels(ks, batch, classes)
-    grad = empty(ks, (batch, classes), dtype)
+    logits, target, grad = softmax_inputs(ks, batch, classes, dtype)
     measure(lambda: ks.softmax_cross_entropy(logits, target, out=grad))
-
-
-def _autograd_cross_entropy(set_name, batch, classes, dtype, threads):
-    """PyTorch's way: loss = F.cross_entropy(logits, labels); loss.backward()."""
-    device = skip_unless_available(set_name)
-    torch = torch_threads(threads)
-    import torch.nn.functional as F
-
-    logits = torch.from_numpy(normal((batch, classes), dtype, scale=3.0)).to(device).requires_grad_(True)
-    target = torch.from_numpy(rng(0).integers(0, classes, size=batch, dtype=np.int64)).to(device)
-
-    def step():
-        logits.grad = None
-        F.cross_entropy(logits, target).backward()
-
-    return step
 
 
 # ---------------------------------------------------------------- linear
@@ -79,12 +60,8 @@ def _autograd_cross_entropy(set_name, batch, classes, dtype, threads):
 
 @pytest.mark.cases(C.linear_cases())
 def test_linear(ks, case, dtype, measure):
-    p = case.params
-    x = native(ks, (p["batch"], p["n_in"]), dtype, seed=1)
-    w = native(ks, (p["n_in"], p["n_out"]), dtype, seed=2, scale=0.05)
-    b = native(ks, (p["n_out"],), dtype, seed=3)
-    out = empty(ks, (p["batch"], p["n_out"]), dtype)
-    relu = p["relu"]
+    x, w, b, out = linear_inputs(ks, case, dtype)
+    relu = case.params["relu"]
     measure(lambda: ks.linear(x, w, b, relu=relu, out=out))
 
 

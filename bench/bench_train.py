@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 
 from bench import cases as C
-from bench.train_common import REFERENCE, SIZES, dataset, make_engine
+from bench.train_common import BATCH1_STEPS, REFERENCE, SIZES, dataset, make_engine
 
-BATCH1_STEPS = 2000
 EPOCH_ROUNDS = 2  # an epoch is seconds long; two rounds keep the suite near 15 minutes
 TEST_MODE_STEPS = 3
 TRAIN_SETS = [s for s in C.COMPILED_SETS] + ["numpy", "torch", C.CUDA, REFERENCE, REFERENCE + "-cuda"]

@@ -1,0 +1,247 @@
+"""The targets' ratios, each side timed in alternating turns: ``python -m bench.paired``.
+
+    python -m bench.paired [--threads 2] [--out results/paired.json] [--quick]
+
+The suite (pytest-benchmark) times each benchmark as a group of its own, one after another:
+numpy's 2048³ rounds and cython's are minutes apart, and an epoch gets two rounds. On this
+shared machine a neighbour can take one of the two cores for minutes, so a ratio of two medians
+taken apart carries whatever happened in between; in this project's runs the same unchanged
+kernel has read anywhere from 0.55× to 1.04× numpy. Here the two sides of a ratio take turns
+(A B, B A, A B, ...) and the figure quoted is the median over the rounds of each round's ratio:
+a disturbance that lasts longer than a round slows both sides, and the ratio keeps.
+
+Each turn calls its side once untimed (caches and the thread pool warm, as in a benchmark group
+of its own), then times ``calls`` calls in a row, enough to take about ``MIN_TURN_S`` (so that
+the timer's resolution does not matter). Between two turns on different thread pools it waits
+``SETTLE_S``, so that the previous pool's workers have stopped spinning: OpenBLAS's keep a core
+busy for about 0.1 s after numpy's last matmul, and a cython matmul of 256³ run in that time
+measured 7.5 ms instead of 0.3 (conftest.SET_SETTLE_S). The untimed call after the pause wakes
+the pool again, whose threads went to sleep.
+
+The pairs (``value`` is what the target is stated in):
+
+* ``matmul-2048``: numpy's 2048³ time / the set's (speed-up, ≥ 0.9 best, ≥ 0.6 each);
+* ``relu``, ``relu_backward`` at 4096×1000: the op's bytes per second / a copy's, the copy
+  over the same arrays (its input into its output), split over the threads as bench.peak
+  splits its copy (fraction of the copy bandwidth, ≥ 0.8);
+* ``epilogue``: linear(relu=True) / matmul of the same shape, each hidden layer at batch 32,
+  128 and 512 (cost of the fused epilogue, ≤ 1.05 as a geometric mean);
+* ``softmax_cross_entropy`` at 128×10 and 4096×1000: F.cross_entropy + backward / the set's;
+* ``epoch-b128``, ``epoch-b1``: numpy's epoch / the set's, as bench_train times them (60,000
+  samples at batch 128, ``BATCH1_STEPS`` steps at batch 1).
+
+Run as part of ``python -m bench``, after the suite; bench.report puts these figures beside the
+suite's in its targets table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from bench import cases as C
+
+ROOT = Path(__file__).resolve().parent.parent
+MIN_TURN_S = 2e-3   # a turn times this long at least (many calls of a microsecond op)
+SETTLE_S = 0.2      # the pause between turns on two different thread pools
+# Rounds per pair, by the part of its key before "-": more for the short calls, whose turns are
+# milliseconds, fewer for the epochs, whose turns are most of a second.
+ROUNDS = {"matmul": 9, "relu": 21, "relu_backward": 21, "epilogue": 15, "softmax_cross_entropy": 15, "epoch": 5}
+
+
+@dataclass
+class Side:
+    """One side of a ratio: a call to time, whose threads run it, and what warms it (the call
+    itself unless said: an epoch is warmed on a few steps, as bench_train warms it)."""
+
+    label: str
+    fn: Callable[[], object]
+    pool: str
+    warm: Callable[[], object] | None = None
+
+
+def alternate(a: Side, b: Side, rounds: int, *, scale: float = 1.0, min_turn=MIN_TURN_S, settle=SETTLE_S,
+              clock=time.perf_counter, sleep=time.sleep) -> dict:
+    """Time a and b in alternating turns; value = scale * (a's time / b's time), per round.
+
+    Returns the medians of both sides' times (seconds a call), the median of the per-round
+    values (``value``), and every round's value.
+    """
+    calls = {}
+    for side in (a, b):  # how many calls make a turn of min_turn, timed after a first call
+        (side.warm or side.fn)()
+        t0 = clock()
+        side.fn()
+        calls[side.label] = max(1, math.ceil(min_turn / max(clock() - t0, 1e-9)))
+    times = {a.label: [], b.label: []}
+    last_pool = b.pool
+    for r in range(rounds):
+        for side in ((a, b) if r % 2 == 0 else (b, a)):
+            if side.pool != last_pool:
+                sleep(settle)
+            (side.warm or side.fn)()  # untimed: caches and the thread pool warm
+            n = calls[side.label]
+            t0 = clock()
+            for _ in range(n):
+                side.fn()
+            times[side.label].append((clock() - t0) / n)
+            last_pool = side.pool
+    values = [scale * ta / tb for ta, tb in zip(times[a.label], times[b.label])]
+    return {"a": a.label, "b": b.label, "a_s": statistics.median(times[a.label]),
+            "b_s": statistics.median(times[b.label]), "value": statistics.median(values),
+            "values": values, "rounds": rounds, "calls": [calls[a.label], calls[b.label]]}
+
+
+def split_copy(src, dst, threads):
+    """A copy of src into dst split over ``threads`` threads (np.copyto releases the GIL)."""
+    if threads <= 1:
+        return lambda: np.copyto(dst, src)
+    s, d = src.reshape(-1), dst.reshape(-1)
+    bounds = np.linspace(0, s.size, threads + 1).astype(int)
+    chunks = [(d[lo:hi], s[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    pool = ThreadPoolExecutor(threads)
+
+    def copy():
+        list(pool.map(lambda c: np.copyto(*c), chunks))
+
+    return copy
+
+
+# ---------------------------------------------------------------- the pairs
+
+
+def pairs(sets, threads, quick=False):
+    """Yield (key, set, what, a, b, scale) for every target's pair, inputs made here."""
+    import kernels
+    from bench.inputs import (autograd_cross_entropy, linear_inputs, matmul_operands, native,
+                              relu_backward_inputs, softmax_inputs, empty)
+
+    f32 = np.float32
+    numpy_ks = kernels.get("numpy", threads=threads)
+    for s in sets:
+        ks = kernels.get(s, threads=threads)
+
+        n = 256 if quick else 2048
+        case = C.matmul_case(n, n, n, id=str(n))
+        operands = {name: matmul_operands(k, case, f32) for name, k in (("numpy", numpy_ks), (s, ks))}
+        yield ("matmul-2048", s, f"matmul {n}³: numpy / {s}",
+               Side("numpy", lambda o=operands["numpy"]: numpy_ks.matmul(o[0], o[1], out=o[2]), "numpy"),
+               Side(s, lambda o=operands[s]: ks.matmul(o[0], o[1], out=o[2]), s), 1.0)
+
+        shape = (512, 1000) if quick else (4096, 1000)
+        x, out = native(ks, shape, f32), empty(ks, shape, f32)
+        yield ("relu", s, f"relu {shape[0]}x{shape[1]}: {s}'s GB/s / a copy's",
+               Side("copy", split_copy(x, out, threads), "copy"),
+               Side(s, lambda: ks.relu(x, out=out), s), 1.0)
+        grad_y, y, out = relu_backward_inputs(ks, shape, f32)
+        yield ("relu_backward", s, f"relu_backward {shape[0]}x{shape[1]}: {s}'s GB/s / a copy's",
+               Side("copy", split_copy(grad_y, out, threads), "copy"),
+               Side(s, lambda: ks.relu_backward(grad_y, y, out=out), s), 1.5)  # 3 arrays against 2
+
+        for c in C.linear_cases():
+            p = c.params
+            if not p["relu"] or p["batch"] < 32 or (quick and p["batch"] > 32):
+                continue
+            x, w, b, out = linear_inputs(ks, c, f32)
+            mm = matmul_operands(ks, C.matmul_case(p["batch"], p["n_in"], p["n_out"]), f32)
+            yield ("epilogue", s, f"linear(relu) / matmul {c.label}: {s}",
+                   Side(f"linear {c.id}", lambda x=x, w=w, b=b, out=out: ks.linear(x, w, b, relu=True, out=out), s),
+                   Side(f"matmul {c.id}", lambda o=mm: ks.matmul(o[0], o[1], out=o[2]), s), 1.0)
+
+        import torch
+
+        torch.set_num_threads(threads)
+        for batch, classes in ((128, 10), (512, 100) if quick else (4096, 1000)):
+            logits, target, grad = softmax_inputs(ks, batch, classes, f32)
+            yield (f"softmax_cross_entropy-{batch}x{classes}", s,
+                   f"softmax_cross_entropy {batch}x{classes}: F.cross_entropy+backward / {s}",
+                   Side("torch-autograd", autograd_cross_entropy(torch, batch, classes, f32), "torch"),
+                   Side(s, lambda lg=logits, t=target, g=grad: ks.softmax_cross_entropy(lg, t, out=g), s), 1.0)
+
+    yield from _epoch_pairs(sets, threads, quick)
+
+
+def _epoch_pairs(sets, threads, quick):
+    import kernels
+    from bench.train_common import BATCH1_STEPS, dataset, make_engine
+
+    data = dataset()
+    for batch in (128, 1):
+        samples = 3 * batch if quick else (BATCH1_STEPS if batch == 1 else len(data.y_train))
+        order = np.random.default_rng(2).permutation(len(data.y_train))[:samples]  # as bench_train
+        epochs = {}
+        for name in ("numpy",) + tuple(sets):
+            engine = make_engine(name, kernels.get(name, threads=threads), batch=batch)
+
+            def epoch(engine=engine, order=order):
+                for _ in engine.epoch(order):
+                    pass
+
+            epochs[name] = (epoch, lambda epoch=epoch: epoch(order=order[:3 * batch]))
+        for s in sets:
+            yield (f"epoch-b{batch}", s, f"SGD epoch at batch {batch} ({samples:,} samples): numpy / {s}",
+                   Side("numpy", epochs["numpy"][0], "numpy", epochs["numpy"][1]),
+                   Side(s, epochs[s][0], s, epochs[s][1]), 1.0)
+
+
+def measure(sets=C.COMPILED_SETS, threads=None, quick=False, log=print, settle=SETTLE_S) -> dict:
+    import kernels
+
+    threads = threads or kernels.cpu_count()
+    available = kernels.available()
+    sets = [s for s in sets if available.get(s, "unknown set") is None]
+    rows = []
+    t_start = time.perf_counter()
+    for key, s, what, a, b, scale in pairs(sets, threads, quick):
+        rounds = 3 if quick else ROUNDS[key.split("-")[0]]
+        row = {"key": key, "set": s, "what": what, **alternate(a, b, rounds, scale=scale, settle=settle)}
+        rows.append(row)
+        log(f"{what:70s} {row['value']:8.3f}  ({a.label} {row['a_s'] * 1e6:10.1f} us, "
+            f"{b.label} {row['b_s'] * 1e6:10.1f} us, {rounds} rounds)", flush=True)
+    return {"threads": threads, "quick": quick, "min_turn_s": MIN_TURN_S, "settle_s": settle,
+            "seconds": time.perf_counter() - t_start,
+            "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "rows": rows}
+
+
+def summary(paired) -> dict:
+    """{(key, set): value} with the epilogue's shapes folded into their geometric mean."""
+    out, costs = {}, {}
+    for row in (paired or {}).get("rows", []):
+        if row["key"] == "epilogue":
+            costs.setdefault(row["set"], []).append(row["value"])
+        else:
+            out[(row["key"], row["set"])] = row["value"]
+    for s, vals in costs.items():
+        out[("epilogue", s)] = math.exp(sum(math.log(v) for v in vals) / len(vals))
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default=str(ROOT / "results" / "paired.json"))
+    parser.add_argument("--sets", default=",".join(C.COMPILED_SETS))
+    parser.add_argument("--quick", action="store_true", help="small shapes, 3 rounds: a smoke test")
+    args = parser.parse_args(argv)
+    result = measure([s for s in args.sets.split(",") if s], args.threads, args.quick)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, out)
+    print(f"-> {out} ({result['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
