@@ -338,7 +338,8 @@ def charts(res: Results, peak, out_dir: Path):
         ax.axhline(peak["sgemm_gflops"], color="k", ls="--", lw=1, label=f"measured sgemm peak {peak['sgemm_gflops']:.0f}")
     ax.set(xscale="log", yscale="log", xlabel="n (n×n @ n×n, float32)", ylabel="GFLOP/s", title="matmul: GFLOP/s against size")
     ax.set_xticks(C.SQUARE, [str(n) for n in C.SQUARE])
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # no sets measured: no legend to draw
+        ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     made["matmul"] = _save(fig, out_dir / "matmul_gflops.png")
 
