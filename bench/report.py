@@ -312,7 +312,15 @@ def paired_section(paired):
         "ratios, which a disturbance longer than a round leaves alone. *Spread*: the middle half of the "
         "rounds' ratios.", "",
         table(["ratio", "median", "spread", "rounds", "first side, median", "second side, median"], rows), "",
-    ])
+    ] + ([_COPY_NOTE, ""] if any(r["key"] == "relu" and r["value"] > 1 for r in paired["rows"]) else []))
+
+
+# Why a single pass can outrun the copy it is measured against (bench.peak's and bench.paired's
+# copy is np.copyto, which is glibc's memmove).
+_COPY_NOTE = (
+    "The memory-bound rows compare a pass with a copy over the same arrays, and a pass can read above 1.0 of "
+    "it: the copy is `np.copyto`, which is glibc's `memmove`, and the kernels are vector loops of their own. "
+    "So these figures say that the passes keep up with a copy, not that they reach the memory system's limit.")
 
 
 # ---------------------------------------------------------------- charts
@@ -868,6 +876,14 @@ def profile_section(prof, peak=None):
                      "Fashion-MNIST, whose images are half background), and it splits the batch's gather, "
                      "400 KB of rows from anywhere in memory, between the cores: measured with timers inside the "
                      "loop, 150 → 124 µs and 65 → 40 µs a step (the notes in `kernels/_cython/fast.pyx`).")
+            need = n["train_steps_us"] / 2.0
+            if b["train_steps_us"] > need:
+                line += (f" The target of 2× numpy's epoch asks for a step of {need:.0f} µs, "
+                         f"{100 * (1 - need / b['train_steps_us']):.0f}% less than this one: its dense flops at "
+                         f"{flops / need / 1e3:.0f} GFLOP/s, {100 * flops / need / 1e3 / gflops:.0f}% of OpenBLAS's "
+                         f"peak on large square products (numpy's step, nearly all of it OpenBLAS's matmuls at "
+                         f"these shapes with one side 128 or less, runs at {flops / n['train_steps_us'] / 1e3:.0f} "
+                         "GFLOP/s), or else more of the work skipped.")
         else:
             line += "."
         lines += [line, ""]
