@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench import write_json
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # pytest-benchmark settings of the full run: at least 5 rounds, up to ~0.3 s a benchmark (a
@@ -55,13 +57,6 @@ def step(title, argv, failures, timeout=None):
     if rc != 0:
         failures.append(title)
     return rc
-
-
-def write_json(path: Path, data) -> None:
-    """Write JSON atomically: a temporary file beside ``path``, then a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def trim_benchmark_json(path: Path) -> None:

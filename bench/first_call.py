@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import write_json
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Runs in the child: one set, every op once and twice, timings as JSON on the last line.
@@ -125,9 +127,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     sets = {s.strip() for s in args.sets.split(",")} if args.sets else None
     result = measure(args.threads, sets)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_json(args.out, result, indent=2)
     print(f"-> {out}")
     return result
 

@@ -37,9 +37,7 @@ suite's in its targets table.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +48,7 @@ from typing import Callable
 import numpy as np
 
 from bench import cases as C
+from bench import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 MIN_TURN_S = 2e-3   # a turn times this long at least (many calls of a microsecond op)
@@ -123,8 +122,8 @@ def split_copy(src, dst, threads):
 def pairs(sets, threads, quick=False):
     """Yield (key, set, what, a, b, scale) for every target's pair, inputs made here."""
     import kernels
-    from bench.inputs import (autograd_cross_entropy, linear_inputs, matmul_operands, native,
-                              relu_backward_inputs, softmax_inputs, empty)
+    from bench.inputs import (autograd_cross_entropy, empty, linear_inputs, matmul_operands, native,
+                              relu_backward_inputs, softmax_inputs)
 
     f32 = np.float32
     numpy_ks = kernels.get("numpy", threads=threads)
@@ -234,11 +233,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small shapes, 3 rounds: a smoke test")
     args = parser.parse_args(argv)
     result = measure([s for s in args.sets.split(",") if s], args.threads, args.quick)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, out)
+    out = write_json(args.out, result)
     print(f"-> {out} ({result['seconds']:.0f} s)")
     return 0
 

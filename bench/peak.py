@@ -28,6 +28,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import kernels
+from bench import write_json
 from bench.machine import describe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,9 +113,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="smaller problems, for a smoke test")
     args = parser.parse_args(argv)
     result = measure(args.threads, args.quick)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_json(args.out, result, indent=2)
     print(f"peak ({result['threads']} threads): sgemm {result['sgemm_gflops']:.1f} GFLOP/s, "
           f"dgemm {result['dgemm_gflops']:.1f} GFLOP/s, copy {result['copy_gbps']:.1f} GB/s "
           f"(16 MiB: {result['copy_l3_gbps']:.1f} GB/s) -> {out}")

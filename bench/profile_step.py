@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from bench import write_json
 
 OPS = ("matmul", "relu", "relu_backward", "softmax_cross_entropy", "linear", "linear_backward",
        "sgd_step", "adam_step")
@@ -173,11 +174,7 @@ def main(argv=None) -> int:
                       f"front {row['front_us']:6.1f} ({row['ops_per_step']:.0f} ops), rest {row['rest_us']:6.1f}; "
                       f"train_steps {row['train_steps_us']:8.1f} us/step",
                       flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps({"threads": threads, "optimizer": "sgd", "rows": rows}, indent=1) + "\n")
-    os.replace(tmp, out)
+    out = write_json(args.out, {"threads": threads, "optimizer": "sgd", "rows": rows})
     print(f"-> {out}")
     return 0
 

@@ -14,13 +14,12 @@ on random data nothing can reach the target and the run says so.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+from bench import write_json
 from bench.train_common import REFERENCE, dataset, make_engine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,11 +87,7 @@ def main(argv=None):
         time.sleep(0.5)  # let the previous set's idle threads stop spinning (see bench/conftest.py)
         result["runs"][name] = run(name, threads=threads, batch=args.batch, optimizer=args.optimizer, lr=args.lr,
                                    target=args.target, max_epochs=args.max_epochs, max_seconds=args.max_seconds)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
+    out = write_json(args.out, result, indent=2)
     print(f"-> {out}")
 
 
