@@ -55,6 +55,9 @@ MIN_TURN_S = 2e-3   # a turn times this long at least (many calls of a microseco
 SETTLE_S = 0.2      # the pause between turns on two different thread pools
 # Rounds per pair, by the part of its key before "-": more for the short calls, whose turns are
 # milliseconds, fewer for the epochs, whose turns are most of a second.
+# The sets that can stand on the second side (numpy and torch are the first; the naive sets would take
+# minutes a turn at 2048^3).
+PAIRED_SETS = C.COMPILED_SETS + ("torch",)
 ROUNDS = {"matmul": 9, "relu": 21, "relu_backward": 21, "epilogue": 15, "softmax_cross_entropy": 15, "epoch": 5}
 
 
@@ -232,7 +235,20 @@ def main(argv=None) -> int:
     parser.add_argument("--sets", default=",".join(C.COMPILED_SETS))
     parser.add_argument("--quick", action="store_true", help="small shapes, 3 rounds: a smoke test")
     args = parser.parse_args(argv)
-    result = measure([s for s in args.sets.split(",") if s], args.threads, args.quick)
+    import kernels
+
+    names = [s for s in args.sets.split(",") if s]
+    unknown = [s for s in names if s not in PAIRED_SETS]
+    if unknown or not names:
+        parser.error(f"--sets: unknown set(s) {', '.join(unknown) or '(none given)'}; expected a comma-separated "
+                     f"list of {', '.join(PAIRED_SETS)} (each is set beside numpy and torch)")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be 1 or more, got {args.threads}")
+    for s, reason in kernels.available().items():
+        if s in names and reason is not None:
+            print(f"{s}: skipped ({reason})")
+    result = measure(names, args.threads, args.quick,
+                     settle=SETTLE_S / 10 if args.quick else SETTLE_S)  # quick: a smoke test, not a figure
     out = write_json(args.out, result)
     print(f"-> {out} ({result['seconds']:.0f} s)")
     return 0

@@ -123,3 +123,16 @@ def test_paired_measures_every_target_and_the_report_judges_it(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| SGD epoch b1: best compiled vs numpy"))
     assert "| 31.25 | ≥ 20 | **met** |" in row and "alternating turns" in row and "best: cython" in row
     assert "## Side by side in alternating turns" in text
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--sets", "numba,nope"], "unknown set(s) nope; expected a comma-separated list of numba, cython, torch"),
+    (["--sets", ""], "unknown set(s) (none given)"),
+    (["--threads", "0"], "--threads must be 1 or more, got 0"),
+])
+def test_paired_refuses_bad_arguments_with_a_message(args, says, tmp_path):
+    out = tmp_path / "paired.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.paired", *args, "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
