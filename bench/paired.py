@@ -49,15 +49,16 @@ import numpy as np
 
 from bench import cases as C
 from bench import write_json
+from bench.peak import split_copy
 
 ROOT = Path(__file__).resolve().parent.parent
 MIN_TURN_S = 2e-3   # a turn times this long at least (many calls of a microsecond op)
 SETTLE_S = 0.2      # the pause between turns on two different thread pools
-# Rounds per pair, by the part of its key before "-": more for the short calls, whose turns are
-# milliseconds, fewer for the epochs, whose turns are most of a second.
 # The sets that can stand on the second side (numpy and torch are the first; the naive sets would take
 # minutes a turn at 2048^3).
 PAIRED_SETS = C.COMPILED_SETS + ("torch",)
+# Rounds per pair, by the part of its key before "-": more for the short calls, whose turns are
+# milliseconds, fewer for the epochs, whose turns are most of a second.
 ROUNDS = {"matmul": 9, "relu": 21, "relu_backward": 21, "epilogue": 15, "softmax_cross_entropy": 15, "epoch": 5}
 
 
@@ -104,21 +105,6 @@ def alternate(a: Side, b: Side, rounds: int, *, scale: float = 1.0, min_turn=MIN
             "values": values, "rounds": rounds, "calls": [calls[a.label], calls[b.label]]}
 
 
-def split_copy(src, dst, threads):
-    """A copy of src into dst split over ``threads`` threads (np.copyto releases the GIL)."""
-    if threads <= 1:
-        return lambda: np.copyto(dst, src)
-    s, d = src.reshape(-1), dst.reshape(-1)
-    bounds = np.linspace(0, s.size, threads + 1).astype(int)
-    chunks = [(d[lo:hi], s[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
-    pool = ThreadPoolExecutor(threads)
-
-    def copy():
-        list(pool.map(lambda c: np.copyto(*c), chunks))
-
-    return copy
-
-
 # ---------------------------------------------------------------- the pairs
 
 
@@ -130,6 +116,11 @@ def pairs(sets, threads, quick=False):
 
     f32 = np.float32
     numpy_ks = kernels.get("numpy", threads=threads)
+    pool = ThreadPoolExecutor(threads)  # the copies' threads, idle between calls
+
+    def copy(src, dst):  # as bench.peak copies: np.copyto, split over the threads
+        return (lambda: np.copyto(dst, src)) if threads <= 1 else split_copy(src, dst, pool, threads)
+
     for s in sets:
         ks = kernels.get(s, threads=threads)
 
@@ -140,15 +131,20 @@ def pairs(sets, threads, quick=False):
                Side("numpy", lambda o=operands["numpy"]: numpy_ks.matmul(o[0], o[1], out=o[2]), "numpy"),
                Side(s, lambda o=operands[s]: ks.matmul(o[0], o[1], out=o[2]), s), 1.0)
 
-        shape = (512, 1000) if quick else (4096, 1000)
-        x, out = native(ks, shape, f32), empty(ks, shape, f32)
-        yield ("relu", s, f"relu {shape[0]}x{shape[1]}: {s}'s GB/s / a copy's",
-               Side("copy", split_copy(x, out, threads), "copy"),
-               Side(s, lambda: ks.relu(x, out=out), s), 1.0)
-        grad_y, y, out = relu_backward_inputs(ks, shape, f32)
-        yield ("relu_backward", s, f"relu_backward {shape[0]}x{shape[1]}: {s}'s GB/s / a copy's",
-               Side("copy", split_copy(grad_y, out, threads), "copy"),
-               Side(s, lambda: ks.relu_backward(grad_y, y, out=out), s), 1.5)  # 3 arrays against 2
+        # the op's bytes over the copy's: the copy reads one array and writes one
+        size = "512x784" if quick else "4096x1000"
+        for c in C.elementwise_cases("relu") + C.elementwise_cases("relu_backward"):
+            if c.id != size:
+                continue
+            shape, scale = (c.params["rows"], c.params["cols"]), c.elems / (2 * c.params["rows"] * c.params["cols"])
+            if c.op == "relu":
+                x, out = native(ks, shape, f32), empty(ks, shape, f32)
+                src, op = x, lambda x=x, out=out: ks.relu(x, out=out)
+            else:
+                grad_y, y, out = relu_backward_inputs(ks, shape, f32)
+                src, op = grad_y, lambda g=grad_y, y=y, out=out: ks.relu_backward(g, y, out=out)
+            yield (c.op, s, f"{c.op} {size}: {s}'s GB/s / a copy's", Side("copy", copy(src, out), "copy"),
+                   Side(s, op, s), scale)
 
         for c in C.linear_cases():
             p = c.params
@@ -189,7 +185,7 @@ def _epoch_pairs(sets, threads, quick):
                 for _ in engine.epoch(order):
                     pass
 
-            epochs[name] = (epoch, lambda epoch=epoch: epoch(order=order[:3 * batch]))
+            epochs[name] = (epoch, lambda epoch=epoch, head=order[:3 * batch]: epoch(order=head))
         for s in sets:
             yield (f"epoch-b{batch}", s, f"SGD epoch at batch {batch} ({samples:,} samples): numpy / {s}",
                    Side("numpy", epochs["numpy"][0], "numpy", epochs["numpy"][1]),
@@ -224,7 +220,7 @@ def summary(paired) -> dict:
         else:
             out[(row["key"], row["set"])] = row["value"]
     for s, vals in costs.items():
-        out[("epilogue", s)] = math.exp(sum(math.log(v) for v in vals) / len(vals))
+        out[("epilogue", s)] = statistics.geometric_mean(vals)
     return out
 
 

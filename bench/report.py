@@ -22,6 +22,7 @@ from collections import OrderedDict, defaultdict
 from pathlib import Path
 
 from bench import cases as C
+from bench.paired import summary as paired_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 F32 = "float32"
@@ -146,28 +147,21 @@ def _join(*notes):
     return "; ".join(n for n in notes if n)
 
 
-def paired_summary(paired) -> dict:
-    """{(key, set): value} from bench.paired's JSON ({} without one)."""
-    from bench.paired import summary
-
-    return summary(paired) if paired else {}
-
-
 class Targets:
     """The follow-up issue's targets, each a ratio measured side by side in one run."""
 
     def __init__(self, res: Results, peak, ttа=None, paired=None):
         self.res, self.peak, self.tta = res, peak, ttа
-        self.paired = paired_summary(paired)  # {(key, set): value} from bench.paired
+        self.paired = paired_summary(paired)  # {(key, set): value}; {} without bench.paired's JSON
         self.rows = []
 
-    def judged(self, suite, key, sets):
-        """(the figure to judge, a note): the best over ``sets`` of bench.paired's alternating-turn
+    def judged(self, suite, key, sets, best=max):
+        """(the figure to judge, a note): the ``best`` over ``sets`` of bench.paired's alternating-turn
         figures where it measured them all, else the suite's figure ``suite`` (already the best)."""
         turns = [self.paired.get((key, s)) for s in sets]
         if not turns or any(v is None for v in turns):
             return suite, ""
-        best = min(turns) if key == "epilogue" else max(turns)  # the epilogue is a cost
+        best = best(turns)
         shown = "–" if suite is None else f"{suite:.2f}"
         return best, f"alternating turns ({key}); the suite's own groups: {shown}"
 
@@ -234,7 +228,7 @@ class Targets:
         # measure; what can be measured is whether linear(relu=True) costs more than the matmul.
         for s in compiled:
             cost, _ = self.epilogue(s)
-            measured, how = self.judged(cost, "epilogue", [s])
+            measured, how = self.judged(cost, "epilogue", [s], best=min)  # a cost: the less the better
             self.add_le(f"bias+ReLU fused into the matmul at no measurable cost: {s}, linear(relu)/matmul geomean",
                         measured, 1.05, "×", _join(how, "≤ 1.05: within run-to-run noise"))
         # adam
