@@ -192,18 +192,23 @@ def test_fused_train_steps_match_per_op(dtype, sizes, kind, momentum, weight_dec
 @pytest.mark.parametrize("kind, momentum, weight_decay, step", OPTIMIZERS)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_fused_train_steps_skip_zero_inputs(dtype, sizes, kind, momentum, weight_decay, step, threads):
-    """Inputs with exact zeros, as images have: the fused loop's first-layer x^T g skips the
-    samples whose MR values of x are all zero (chunk_product, UKR_SKIP), and is still the
-    per-op path's product to the bit (a skipped term is a zero added). Whole zero groups and
-    scattered zeros, a partial last column strip (70 outputs) and a chunk's last rows under a
-    tile (300 inputs)."""
+    """Inputs with exact zeros, as images have: the fused loop's first layer skips them, in
+    its forward pass the pixels zero in all of a strip's SKIP_MR samples (forward_skip), in
+    its x^T g the samples whose SKIP_MR pixels are all zero (chunk_product), and both are
+    still the per-op path's products to the bit (a skipped term is a zero added). Whole zero
+    groups and scattered zeros; a partial last column strip (70 outputs); a chunk's last rows
+    under a tile (300 inputs); lists whose length is no multiple of the 16 lanes that build
+    them (40 inputs, last batches of 8 and 10 samples); and rows under the dense kernel's MR
+    (a batch of 10), which stay on the dense path."""
     kernels.backend_module("cython").set_threads(threads)
-    for batch, samples in [(16, 40), (32, 70)]:
+    for batch, samples in [(16, 40), (32, 70), (20, 50)]:
         problem = _steps_problem(sizes, dtype, samples, seed=batch)
         x = problem[1]
         rng = np.random.default_rng(batch)
         x *= rng.random(x.shape) < 0.5                      # scattered zeros
         x[::2, 8:40] = 0                                    # whole 8-wide groups, every other row
+        x[1::2, 44:48] = 0                                  # 4-wide ones on the other rows
+        x[4:8, 20:60] = 0                                   # pixels zero in 4 samples in a row
         x[5] = 0                                            # and one sample all zero
         losses, pairs = _fused_and_per_op(problem, batch, kind, momentum, weight_decay, step)
         for g, w in pairs:
