@@ -1156,9 +1156,9 @@ def adam_step(param, grad, m, v, long step, double lr, double beta1, double beta
 # batch 1 writing dW1 and reading it back cost more than computing it). The update moves
 # into the backward pass, after dx (which needs the old w), which changes no value: every
 # update is elementwise on its own arrays. Each chunk of the input layer's x^T g skips the
-# samples whose MR values of x are all zero (chunk_product): half of an image's pixels are
-# background, and at batch 128 that cut the first layer's gradient and update from 150 to
-# 124 us a step; its forward pass skips likewise (forward_skip). Both skip in groups of 4
+# samples whose SKIP_MR values of x are all zero (chunk_product): half of an image's pixels
+# are background, and at batch 128 that cut the first layer's gradient and update from 150
+# to 124 us a step; its forward pass skips likewise (forward_skip). Both skip in groups of 4
 # (SKIP_MR, half the dense kernel's 8 rows) with their lists built 16 entries at a time
 # (microkernel.h): against groups of 8 and scalar lists, the whole step ran 1.10x as fast
 # at batch 128, 1.06x at 32 and 1.10x at 512 (the two builds in alternating turns, 40

@@ -328,8 +328,9 @@ UKR_SKIP(ukr_double_skip, double, unsigned long long, vf64, vi64, 8, SKIP_MR_F64
 /* The float32 lists, 16 values at a time with AVX-512 (a test for nonzero magnitudes, then
  * VPCOMPRESSD packs the kept indices together; a register compress and a masked store, as
  * the compress straight to memory is slow on Zen 4), or one at a time without it. Built the
- * scalar way (the _rows and _cols above), the lists of a batch-128 step cost 28 us of one
- * core's time, a fifth of what they saved.
+ * scalar way (the _rows and _cols above), a batch-128 step's lists took 35 us of one core's
+ * time in groups of 4 (28 in groups of 8); these take 17, about the time it takes to read
+ * the 400 KB batch from L2 twice.
  *   skip_cols_f32(x, ldx, mr, k, idx): the columns p < k at which x's first mr rows are not
  *       all zero (the forward product's list, as ukr_float_skip_cols);
  *   skip_masks_f32(x, ldx, batch, mr, width, masks): masks[p] bit j set when
@@ -345,7 +346,8 @@ static inline long skip_cols_f32(const float *restrict x, long ldx, int mr, long
 {
     long nk = 0;
 #if defined(__AVX512F__)
-    const __m512i magnitude = _mm512_set1_epi32(SKIP_MAGNITUDE_F32), sixteen = _mm512_set1_epi32(16);
+    const __m512i magnitude = _mm512_set1_epi32(SKIP_MAGNITUDE_F32);
+    const __m512i sixteen = _mm512_set1_epi32(16);
     __m512i cols = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     for (long p = 0; p < k; p += 16) {
         const __mmask16 lanes = k - p >= 16 ? 0xffff : (__mmask16)((1u << (k - p)) - 1);
