@@ -77,6 +77,7 @@ cdef extern from "microkernel.h" nogil:
         SKIP_NR_F32
         SKIP_MR_F64
         SKIP_NR_F64
+        SKIP_MR_MAX
         VL_F32
         VL_F64
     void *kernels_alloc(size_t nbytes)
@@ -113,8 +114,8 @@ cdef extern from "microkernel.h" nogil:
                             double *c, long ldc, int accumulate, const double *bias, int relu)
     # tiles over the listed k steps only: those whose SKIP_MR values of A are not all zero
     long ukr_double_skip_rows(const double *x, long ldx, long batch, int *idx)
-    long ukr_double_skip_cols(const double *x, long ldx, long k, int *idx)
-    long skip_cols_f32(const float *x, long ldx, int mr, long k, int *idx)
+    long ukr_double_skip_cols(const double **rows, long k, int *idx)
+    long skip_cols_f32(const float **rows, int mr, long k, int *idx)
     void skip_masks_f32(const float *x, long ldx, long batch, int mr, int width,
                         unsigned *masks)
     long skip_samples_f32(const unsigned *masks, long batch, unsigned group, int *idx)
@@ -124,6 +125,12 @@ cdef extern from "microkernel.h" nogil:
     void ukr_double_skip(long nk, const int *idx, const double *a, long rsa, long csa,
                          const double *b, long rsb, double *c, long ldc, const double *bias,
                          int relu)
+    # the same tile with its rows anywhere: A(i, p) = arow[i][p], C's row i at crow[i]
+    void ukr_float_skip_scattered(long nk, const int *idx, const float **arow, const float *b,
+                                  long rsb, float **crow, const float *bias, int relu)
+    void ukr_double_skip_scattered(long nk, const int *idx, const double **arow,
+                                   const double *b, long rsb, double **crow,
+                                   const double *bias, int relu)
 
 cdef extern from "sweep.h" nogil:
     enum:
@@ -1243,41 +1250,84 @@ cdef inline Py_ssize_t skip_rows(Py_ssize_t m, size_t itemsize) noexcept nogil:
     return m // MR * MR
 
 
-cdef void skip_strips(const floating *a, Py_ssize_t lda, bint trans_a, const floating *b,
-                      Py_ssize_t ldb, floating *c, Py_ssize_t ldc, Py_ssize_t n, Py_ssize_t k,
-                      const floating *bias, bint relu, Py_ssize_t s0, Py_ssize_t s1,
-                      int *idx) noexcept nogil:
-    """Row strips s0:s1 (of SKIP_MR rows) of C = op(A) B (+ bias, ReLU'd when relu), B read
-    in place: their full SKIP_MR x SKIP_NR tiles only, each over the k steps at which its
-    rows of op(A) are not all zero (microkernel.h's UKR_SKIP: the same sums, in the same
-    order, without their zero terms). idx: room for skip_list_room(k) ints. skip_edges does
-    the rest of C."""
+cdef void skip_strips(const floating *x, Py_ssize_t ldx, const floating *b, Py_ssize_t ldb,
+                      floating *c, Py_ssize_t ldc, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s0,
+                      Py_ssize_t s1, int *idx) noexcept nogil:
+    """Row strips s0:s1 (of SKIP_MR rows) of C = x^T B (x (k, ldx) read in place from its
+    first column, as A), B read in place: their full SKIP_MR x SKIP_NR tiles only, each over
+    the samples p at which its SKIP_MR columns of x are not all zero (microkernel.h's
+    UKR_SKIP: the same sums, in the same order, without their zero terms). idx: room for
+    skip_list_room(k) ints. skip_edges does the rest of C."""
     cdef Py_ssize_t MR = skip_mr(sizeof(floating)), NR = skip_nr(sizeof(floating))
-    cdef long rsa = 1 if trans_a else lda, csa = lda if trans_a else 1
     cdef Py_ssize_t st, u, nk, group = 32 // MR, first = s0
     cdef const floating *at
     cdef unsigned *masks = <unsigned *>(idx + k)
     for st in range(s0, s1):
-        at = a + st * MR * rsa
-        if floating is float:
-            if not trans_a:
-                nk = skip_cols_f32(at, lda, MR, k, idx)
-            else:           # x^T g: the samples' masks, once for every 32 columns of x
-                if (st - s0) % group == 0:
-                    first = st
-                    skip_masks_f32(at, lda, k, MR, min(32, (s1 - st) * MR), masks)
-                nk = skip_samples_f32(masks, k, ((<unsigned>1 << MR) - 1) << ((st - first) * MR),
-                                      idx)
+        at = x + st * MR
+        if floating is float:   # the samples' masks, once for every 32 columns of x
+            if (st - s0) % group == 0:
+                first = st
+                skip_masks_f32(at, ldx, k, MR, min(32, (s1 - st) * MR), masks)
+            nk = skip_samples_f32(masks, k, ((<unsigned>1 << MR) - 1) << ((st - first) * MR),
+                                  idx)
         else:
-            nk = (ukr_double_skip_rows(at, lda, k, idx) if trans_a
-                  else ukr_double_skip_cols(at, lda, k, idx))
+            nk = ukr_double_skip_rows(at, ldx, k, idx)
         for u in range(n // NR):
             if floating is float:
-                ukr_float_skip(nk, idx, at, rsa, csa, b + u * NR, ldb, c + st * MR * ldc + u * NR,
-                               ldc, bias + u * NR if bias != NULL else NULL, relu)
+                ukr_float_skip(nk, idx, at, 1, ldx, b + u * NR, ldb, c + st * MR * ldc + u * NR,
+                               ldc, NULL, False)
             else:
-                ukr_double_skip(nk, idx, at, rsa, csa, b + u * NR, ldb, c + st * MR * ldc + u * NR,
-                                ldc, bias + u * NR if bias != NULL else NULL, relu)
+                ukr_double_skip(nk, idx, at, 1, ldx, b + u * NR, ldb, c + st * MR * ldc + u * NR,
+                                ldc, NULL, False)
+
+
+cdef void forward_strips(const floating *x, Py_ssize_t ldx, const int *perm,
+                         const floating *w, Py_ssize_t ldw, floating *h, Py_ssize_t ldh,
+                         Py_ssize_t n, Py_ssize_t k, const floating *bias, bint relu,
+                         Py_ssize_t s0, Py_ssize_t s1, int *idx) noexcept nogil:
+    """Row strips s0:s1 of h = x @ w (+ bias, ReLU'd when relu), w read in place: strip st
+    is rows perm[st * SKIP_MR:(st + 1) * SKIP_MR] of x and of h, and of it the full SKIP_MR x
+    SKIP_NR tiles only, each over the columns at which those rows of x are not all zero
+    (UKR_SKIP's scattered tile). idx: room for k ints. skip_edges does the rest of h."""
+    cdef Py_ssize_t MR = skip_mr(sizeof(floating)), NR = skip_nr(sizeof(floating))
+    cdef Py_ssize_t st, u, i, nk
+    cdef const floating *arow[SKIP_MR_MAX]
+    cdef floating *crow[SKIP_MR_MAX]
+    for st in range(s0, s1):
+        for i in range(MR):
+            arow[i] = x + perm[st * MR + i] * ldx
+        if floating is float:
+            nk = skip_cols_f32(arow, MR, k, idx)
+        else:
+            nk = ukr_double_skip_cols(arow, k, idx)
+        for u in range(n // NR):
+            for i in range(MR):
+                crow[i] = h + perm[st * MR + i] * ldh + u * NR
+            if floating is float:
+                ukr_float_skip_scattered(nk, idx, arow, w + u * NR, ldw, crow,
+                                         bias + u * NR if bias != NULL else NULL, relu)
+            else:
+                ukr_double_skip_scattered(nk, idx, arow, w + u * NR, ldw, crow,
+                                          bias + u * NR if bias != NULL else NULL, relu)
+
+
+cdef void rows_by_label(const int64_t *labels, Py_ssize_t rows, Py_ssize_t classes, int *perm,
+                        int *counts) noexcept nogil:
+    """perm[0:rows] = the rows 0..rows-1 in order of their labels, stably (a counting sort,
+    counts: classes + 1 ints; a label outside [0, classes) sorts last)."""
+    cdef Py_ssize_t r, c, at = 0, t
+    for c in range(classes + 1):
+        counts[c] = 0
+    for r in range(rows):
+        counts[labels[r] if 0 <= labels[r] < classes else classes] += 1
+    for c in range(classes + 1):
+        t = counts[c]
+        counts[c] = at
+        at += t
+    for r in range(rows):
+        c = labels[r] if 0 <= labels[r] < classes else classes
+        perm[counts[c]] = <int>r
+        counts[c] += 1
 
 
 cdef void skip_edges(const floating *a, Py_ssize_t lda, bint trans_a, const floating *b,
@@ -1318,7 +1368,7 @@ cdef void chunk_product(const floating *x, Py_ssize_t n_in, const floating *g,
         gemm_small(x, n_in, True, g, n_out, False, c, n_out, rows, n_out, batch, NULL, False,
                    ws, 1)
         return
-    skip_strips(x, n_in, True, g, n_out, c, n_out, n_out, batch, NULL, False, 0,
+    skip_strips(x, n_in, g, n_out, c, n_out, n_out, batch, 0,
                 skip_rows(rows, sizeof(floating)) // skip_mr(sizeof(floating)), idx)
     skip_edges(x, n_in, True, g, n_out, c, n_out, rows, n_out, batch, NULL, False, ws, 1)
 
@@ -1455,29 +1505,47 @@ cdef void gather(const floating *x, Py_ssize_t n_in, const int64_t *rows_of, Py_
 
 cdef void forward_skip(const floating *x, Py_ssize_t m, Py_ssize_t k, const floating *w,
                        Py_ssize_t n, const floating *bias, bint relu, floating *h,
-                       floating *ws, int nthreads) noexcept nogil:
+                       const int64_t *labels, Py_ssize_t classes, floating *ws,
+                       int nthreads) noexcept nogil:
     """h (m, n) = x (m, k) @ w (k, n) + bias (ReLU'd when relu), for the input layer's
     forward pass: gemm_direct's product (w read in place), except that each full SKIP_MR x
     SKIP_NR tile runs over the columns in which its SKIP_MR rows of x are not all zero only
-    (skip_strips): the same sums without their zero terms. Of a batch of 4 Fashion-MNIST
-    images, 21% of the pixels are zero in all 4. Threads take row strips, each with its
-    list; ws: gemm_scratch's elements for the product, then nthreads lists
-    (skip_list_room(k) ints each; step_scratch counts them)."""
+    (forward_strips): the same sums without their zero terms. A strip's rows are samples of
+    one label where it can (rows_by_label): images of a class share their background, and of
+    a batch of 128 Fashion-MNIST images, 21% of the pixels are zero in all of a strip's 4
+    samples taken in the batch's order, 31% taken by label. Threads take a run of strips
+    each, with its list (taking every other strip instead, so that each thread has a share
+    of every class, measured slower); ws: gemm_scratch's elements for the product, then
+    nthreads lists
+    (skip_list_room(k) ints each), the order of the rows and the sort's counts
+    (forward_scratch)."""
     cdef Py_ssize_t MR = skip_mr(sizeof(floating)), NR = skip_nr(sizeof(floating))
-    cdef Py_ssize_t strips = skip_rows(m, sizeof(floating)) // MR, per, part
+    cdef Py_ssize_t full = skip_rows(m, sizeof(floating)), strips = full // MR, per, part
     cdef int *lists = <int *>(ws + gemm_scratch(m, n, k, False, nthreads, sizeof(floating)))
     cdef Py_ssize_t stride = (int_lines(skip_list_room(k), sizeof(floating)) * sizeof(floating)
                               // sizeof(int))
-    cdef int parts = threads_for(2.0 * strips * MR * (n // NR * NR) * k, PAR_MIN_FLOPS,
+    cdef int *perm = lists + nthreads * stride
+    rows_by_label(labels, full, classes, perm,
+                  perm + int_lines(m, sizeof(floating)) * sizeof(floating) // sizeof(int))
+    cdef int parts = threads_for(2.0 * full * (n // NR * NR) * k, PAR_MIN_FLOPS,
                                  min(strips, nthreads))
     if parts == 1:
-        skip_strips(x, k, False, w, n, h, n, n, k, bias, relu, 0, strips, lists)
+        forward_strips(x, k, perm, w, n, h, n, n, k, bias, relu, 0, strips, lists)
     elif parts > 1:
         per = (strips + parts - 1) // parts
         for part in prange(parts, num_threads=parts, schedule="static"):
-            skip_strips(x, k, False, w, n, h, n, n, k, bias, relu, part * per,
-                        min((part + 1) * per, strips), lists + threadid() * stride)
+            forward_strips(x, k, perm, w, n, h, n, n, k, bias, relu, part * per,
+                           min((part + 1) * per, strips), lists + threadid() * stride)
     skip_edges(x, k, False, w, n, h, n, m, n, k, bias, relu, ws, nthreads)
+
+
+cdef inline Py_ssize_t forward_scratch(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                                       Py_ssize_t classes, int nthreads,
+                                       size_t itemsize) noexcept nogil:
+    """Elements of scratch forward_skip needs."""
+    return (gemm_scratch(m, n, k, False, nthreads, itemsize)
+            + nthreads * int_lines(skip_list_room(k), itemsize)
+            + int_lines(m, itemsize) + int_lines(classes + 1, itemsize))
 
 
 cdef inline bint skips_forward(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out,
@@ -1497,8 +1565,7 @@ cdef Py_ssize_t step_scratch(const Py_ssize_t *n, Py_ssize_t n_layers, Py_ssize_
         size = max(size, gemm_scratch(rows, n[i + 1], n[i], False, nthreads, itemsize),
                    linear_backward_scratch(rows, n[i], n[i + 1], nthreads, itemsize),
                    nthreads * chunk_scratch(rows, n[i + 1], itemsize))
-    return max(size, gemm_scratch(rows, n[1], n[0], False, nthreads, itemsize)   # forward_skip
-               + nthreads * int_lines(skip_list_room(n[0]), itemsize))
+    return max(size, forward_scratch(rows, n[1], n[0], n[n_layers], nthreads, itemsize))
 
 
 cdef inline bint is_aligned(const void *ptr) noexcept nogil:
@@ -1642,8 +1709,8 @@ cdef void _train_steps(list params, const floating[:, ::1] x, const int64_t[::1]
                                     sweep_parts(n[i], n[i + 1], nt), partial)
                         continue
                     if i == 0 and skips_forward(rows, n[0], n[1], f):  # (zeros of x skipped)
-                        forward_skip(act[0], rows, n[0], p[0], n[1], p[1], L > 1, act[1], work,
-                                     nt)
+                        forward_skip(act[0], rows, n[0], p[0], n[1], p[1], L > 1, act[1], yb,
+                                     n[L], work, nt)
                         continue
                     gemm(act[i], n[i], False, p[2 * i], n[i + 1], False, act[i + 1], n[i + 1],
                          rows, n[i + 1], n[i], p[2 * i + 1], i < L - 1, work, nt)

@@ -127,23 +127,29 @@ static inline void NAME(const T *restrict src, long lds, T *restrict dst, long l
 /* Pieces of every micro-kernel below, written once. They use the enclosing kernel's
  * operands by name: a, rsa, csa (A(i, p) = a[i * rsa + p * csa]), b, rsb (B rows b + p * rsb),
  * c, ldc, bias and relu.
- * TILE_STEP(T, V, VL, MR, NR, ACC, P): one k step, ACC[i][:] += A(i, P) B(P, :).
- * TILE_EPILOGUE(V, VI, VL, MR, NR, ACC): bias, then ReLU, then the store of ACC into C, one
- * branch per step for the whole tile: with the branches inside the element loop GCC spilled
- * all 16 accumulators to the stack to share them between paths, which doubled the cost of
- * a tile at small kc (a batch of 1's dW = x^T g). */
-#define TILE_STEP(T, V, VL, MR, NR, ACC, P)                                                \
+ * TILE_STEP(T, V, VL, MR, NR, ACC, P, A_AT): one k step, ACC[i][:] += A(i, P) B(P, :), with
+ * A(i, p) = A_AT(i, p): A_STRIDED, or A_ROWS for a tile whose rows are scattered (arow[i]).
+ * TILE_EPILOGUE(V, VI, VL, MR, NR, ACC, C_ROW): bias, then ReLU, then the store of ACC into
+ * the rows C_ROW(i) of C (C_STRIDED or C_ROWS), one branch per step for the whole tile: with
+ * the branches inside the element loop GCC spilled all 16 accumulators to the stack to share
+ * them between paths, which doubled the cost of a tile at small kc (a batch of 1's
+ * dW = x^T g). */
+#define A_STRIDED(i, p) a[(i) * rsa + (p) * csa]
+#define A_ROWS(i, p) arow[i][p]
+#define C_STRIDED(i) (c + (i) * ldc)
+#define C_ROWS(i) (crow[i])
+#define TILE_STEP(T, V, VL, MR, NR, ACC, P, A_AT)                                          \
     do {                                                                                  \
         V brow[NR / VL];                                                                  \
         for (int v = 0; v < NR / VL; ++v)                                                 \
             brow[v] = *(const V *)(b + (P) * rsb + v * VL);                               \
         UNROLL for (int i = 0; i < MR; ++i) {                                             \
-            T aip = a[i * rsa + (P) * csa];                                               \
+            T aip = A_AT(i, (P));                                                         \
             for (int v = 0; v < NR / VL; ++v)                                             \
                 ACC[i][v] += aip * brow[v];                                               \
         }                                                                                 \
     } while (0)
-#define TILE_EPILOGUE(V, VI, VL, MR, NR, ACC)                                              \
+#define TILE_EPILOGUE(V, VI, VL, MR, NR, ACC, C_ROW)                                       \
     do {                                                                                  \
         if (bias)                                                                         \
             UNROLL for (int i = 0; i < MR; ++i)                                           \
@@ -155,7 +161,7 @@ static inline void NAME(const T *restrict src, long lds, T *restrict dst, long l
                     ACC[i][v] = (V)((VI)ACC[i][v] & (VI)(ACC[i][v] > 0));                 \
         UNROLL for (int i = 0; i < MR; ++i)                                               \
             for (int v = 0; v < NR / VL; ++v)                                             \
-                *(V *)(c + i * ldc + v * VL) = ACC[i][v];                                 \
+                *(V *)(C_ROW(i) + v * VL) = ACC[i][v];                                    \
     } while (0)
 
 /* UKR(T, V, VL, MR, NR): defines ukr_<T>_strided, the MR x NR micro-kernel
@@ -182,9 +188,9 @@ NAME##_strided(long kc, const T *restrict a, long rsa, long csa,                
     long p = 0;                                                                           \
     for (; p + KU <= kc; p += KU)                                                         \
         UNROLL for (int u = 0; u < KU; ++u)                                               \
-            TILE_STEP(T, V, VL, MR, NR, acc[u], p + u);                                   \
+            TILE_STEP(T, V, VL, MR, NR, acc[u], p + u, A_STRIDED);                        \
     for (; p < kc; ++p)                                                                   \
-        TILE_STEP(T, V, VL, MR, NR, acc[0], p);                                           \
+        TILE_STEP(T, V, VL, MR, NR, acc[0], p, A_STRIDED);                                \
     UNROLL for (int u = 1; u < KU; ++u)                                                          \
         UNROLL for (int i = 0; i < MR; ++i)                                                      \
             for (int v = 0; v < NR / VL; ++v)                                             \
@@ -193,7 +199,7 @@ NAME##_strided(long kc, const T *restrict a, long rsa, long csa,                
         UNROLL for (int i = 0; i < MR; ++i)                                               \
             for (int v = 0; v < NR / VL; ++v)                                             \
                 acc[0][i][v] += *(const V *)(c + i * ldc + v * VL);                       \
-    TILE_EPILOGUE(V, VI, VL, MR, NR, acc[0]);                                             \
+    TILE_EPILOGUE(V, VI, VL, MR, NR, acc[0], C_STRIDED);                                  \
 }                                                                                         \
 /* A and B packed by fast.pyx's pack(): A micro-panel kc x MR, B micro-panel kc x NR. */  \
 static __attribute__((unused)) void NAME##_packed(long kc, const T *restrict a, const T *restrict b,         \
@@ -241,15 +247,34 @@ UKR(ukr_double_r1, double, vf64, vi64, 8, 1, NR_F64, 4)
  * ahead: the dense kernel walks B at a fixed stride, which the hardware prefetcher follows,
  * and a list does not (at batch 128 the first layer's x^T g took 150 us a step with the
  * dense kernel, 138 skipping without the prefetch and 124 with it).
+ * NAME##_scattered(nk, idx, arow, b, rsb, crow, bias, relu) is the same tile with its rows
+ * anywhere: A(i, p) = arow[i][p], row i of C at crow[i]. The forward pass picks its strips'
+ * rows (fast.pyx's forward_strips): each row's sums are its own, so any grouping of rows
+ * gives the same C, and rows alike in their zeros make longer skips.
  *
  * The listings, of the steps p whose MR values are not all zero (of either sign: the bits
  * under MAGNITUDE, one element's):
  *   NAME##_rows(x, ldx, batch, idx): the rows p of x for A = x^T (the weight gradient x^T g,
  *       A(i, p) = x[p * ldx + i]: MR adjacent elements, OR-ed 64 bits at a time);
- *   NAME##_cols(x, ldx, k, idx): the columns p of x's first MR rows for A = x (the forward
- *       product x @ w): a flag per column, in a loop that vectorises, then the flags
- *       compacted into the list in place. */
+ *   NAME##_cols(rows, k, idx): the columns p < k at which the MR rows rows[i] are not all
+ *       zero, for A = x (the forward product x @ w): a flag per column, in a loop that
+ *       vectorises, then the flags compacted into the list in place. */
 #define SKIP_PREFETCH 8
+#define SKIP_TILE(T, V, VI, VL, MR, NR, A_AT, C_ROW)                                       \
+    do {                                                                                  \
+        V acc[MR][NR / VL];                                                               \
+        UNROLL for (int i = 0; i < MR; ++i)                                               \
+            for (int v = 0; v < NR / VL; ++v)                                             \
+                acc[i][v] = (V){0};                                                       \
+        for (long q = 0; q < nk; ++q) {                                                   \
+            const long p = idx[q];                                                        \
+            if (q + SKIP_PREFETCH < nk)                                                   \
+                for (int l = 0; l < NR * (int)sizeof(T); l += 64)                         \
+                    __builtin_prefetch((const char *)(b + idx[q + SKIP_PREFETCH] * rsb) + l); \
+            TILE_STEP(T, V, VL, MR, NR, acc, p, A_AT);                                    \
+        }                                                                                 \
+        TILE_EPILOGUE(V, VI, VL, MR, NR, acc, C_ROW);                                     \
+    } while (0)
 #define UKR_SKIP(NAME, T, UT, V, VI, VL, MR, NR, MAGNITUDE)                                \
 static inline long NAME##_rows(const T *restrict x, long ldx, long batch, int *restrict idx) \
 {                                                                                         \
@@ -268,13 +293,13 @@ static inline long NAME##_rows(const T *restrict x, long ldx, long batch, int *r
     }                                                                                     \
     return nk;                                                                            \
 }                                                                                         \
-static inline long NAME##_cols(const T *restrict x, long ldx, long k, int *restrict idx)  \
+static inline long NAME##_cols(const T *const *rows, long k, int *restrict idx)           \
 {                                                                                         \
     for (long p = 0; p < k; ++p) {                                                        \
         UT bits = 0;                                                                      \
         UNROLL for (int i = 0; i < MR; ++i) {                                             \
             UT w;                                                                         \
-            memcpy(&w, x + i * ldx + p, sizeof w);                                        \
+            memcpy(&w, rows[i] + p, sizeof w);                                            \
             bits |= w;                                                                    \
         }                                                                                 \
         idx[p] = (bits & (MAGNITUDE)) != 0;                                               \
@@ -291,18 +316,13 @@ static inline void NAME(long nk, const int *restrict idx, const T *restrict a, l
                         long csa, const T *restrict b, long rsb, T *restrict c, long ldc, \
                         const T *restrict bias, int relu)                                 \
 {                                                                                         \
-    V acc[MR][NR / VL];                                                                   \
-    UNROLL for (int i = 0; i < MR; ++i)                                                   \
-        for (int v = 0; v < NR / VL; ++v)                                                 \
-            acc[i][v] = (V){0};                                                           \
-    for (long q = 0; q < nk; ++q) {                                                       \
-        const long p = idx[q];                                                            \
-        if (q + SKIP_PREFETCH < nk)                                                       \
-            for (int l = 0; l < NR * (int)sizeof(T); l += 64)                             \
-                __builtin_prefetch((const char *)(b + idx[q + SKIP_PREFETCH] * rsb) + l); \
-        TILE_STEP(T, V, VL, MR, NR, acc, p);                                              \
-    }                                                                                     \
-    TILE_EPILOGUE(V, VI, VL, MR, NR, acc);                                                \
+    SKIP_TILE(T, V, VI, VL, MR, NR, A_STRIDED, C_STRIDED);                                \
+}                                                                                         \
+static inline void NAME##_scattered(long nk, const int *restrict idx,                     \
+                                    const T *const *arow, const T *restrict b, long rsb,  \
+                                    T *const *crow, const T *restrict bias, int relu)     \
+{                                                                                         \
+    SKIP_TILE(T, V, VI, VL, MR, NR, A_ROWS, C_ROWS);                                      \
 }
 
 /* The skip kernels' tiles are MR/2 rows by 2 NR: as many accumulators as the dense tile's
@@ -316,10 +336,12 @@ static inline void NAME(long nk, const int *restrict idx, const T *restrict a, l
  * strips of MR rows (SKIP_MR divides MR), and their sums run in the dense kernel's order:
  * the rows under MR go to the dense path, whose 2- and 1-row tiles split k into interleaved
  * sums, so that each C element is the dense product's to the bit. */
+#define SKIP_MR_MAX 8                      /* (room for a tile's row pointers) */
 #define SKIP_MR_F32 (MR_F32 / 2)
 #define SKIP_NR_F32 (NR_F32 * 2)
 #define SKIP_MR_F64 (MR_F64 / 2)
 #define SKIP_NR_F64 (NR_F64 * 2)
+_Static_assert(SKIP_MR_F32 <= SKIP_MR_MAX && SKIP_MR_F64 <= SKIP_MR_MAX, "SKIP_MR_MAX");
 UKR_SKIP(ukr_float_skip, float, unsigned int, vf32, vi32, 16, SKIP_MR_F32, SKIP_NR_F32,
          0x7fffffffu)
 UKR_SKIP(ukr_double_skip, double, unsigned long long, vf64, vi64, 8, SKIP_MR_F64, SKIP_NR_F64,
@@ -331,8 +353,8 @@ UKR_SKIP(ukr_double_skip, double, unsigned long long, vf64, vi64, 8, SKIP_MR_F64
  * scalar way (the _rows and _cols above), a batch-128 step's lists took 35 us of one core's
  * time in groups of 4 (28 in groups of 8); these take 17, about the time it takes to read
  * the 400 KB batch from L2 twice.
- *   skip_cols_f32(x, ldx, mr, k, idx): the columns p < k at which x's first mr rows are not
- *       all zero (the forward product's list, as ukr_float_skip_cols);
+ *   skip_cols_f32(rows, mr, k, idx): the columns p < k at which the mr rows rows[i] are
+ *       not all zero (the forward product's list, as ukr_float_skip_cols);
  *   skip_masks_f32(x, ldx, batch, mr, width, masks): masks[p] bit j set when
  *       x[p * ldx + j] is not zero, for j < width <= 32 (without AVX-512 only the first bit
  *       of each group of mr columns, set when one of them is not zero): the nonzero pattern
@@ -341,7 +363,7 @@ UKR_SKIP(ukr_double_skip, double, unsigned long long, vf64, vi64, 8, SKIP_MR_F64
  *   skip_samples_f32(masks, batch, group, idx): the samples p whose masks[p] has a bit of
  *       group set (one strip's list of x^T g, as ukr_float_skip_rows). */
 #define SKIP_MAGNITUDE_F32 0x7fffffffu
-static inline long skip_cols_f32(const float *restrict x, long ldx, int mr, long k,
+static inline long skip_cols_f32(const float *const *rows, int mr, long k,
                                  int *restrict idx)
 {
     long nk = 0;
@@ -353,7 +375,7 @@ static inline long skip_cols_f32(const float *restrict x, long ldx, int mr, long
         const __mmask16 lanes = k - p >= 16 ? 0xffff : (__mmask16)((1u << (k - p)) - 1);
         __m512i bits = _mm512_setzero_si512();
         for (int i = 0; i < mr; ++i)
-            bits = _mm512_or_si512(bits, _mm512_maskz_loadu_epi32(lanes, x + i * ldx + p));
+            bits = _mm512_or_si512(bits, _mm512_maskz_loadu_epi32(lanes, rows[i] + p));
         const __mmask16 keep = _mm512_test_epi32_mask(bits, magnitude);
         const int kept = __builtin_popcount(keep);
         _mm512_mask_storeu_epi32(idx + nk, (__mmask16)((1u << kept) - 1),
@@ -366,7 +388,7 @@ static inline long skip_cols_f32(const float *restrict x, long ldx, int mr, long
         unsigned bits = 0;
         for (int i = 0; i < mr; ++i) {
             unsigned w;
-            memcpy(&w, x + i * ldx + p, sizeof w);
+            memcpy(&w, rows[i] + p, sizeof w);
             bits |= w;
         }
         idx[p] = (bits & SKIP_MAGNITUDE_F32) != 0;
