@@ -115,9 +115,8 @@ cdef extern from "microkernel.h" nogil:
     # tiles over the listed k steps only: those whose SKIP_MR values of A are not all zero
     long ukr_double_skip_rows(const double *x, long ldx, long batch, int *idx)
     long ukr_double_skip_cols(const double **rows, long k, int *idx)
-    long skip_cols_f32(const float **rows, int mr, long k, int *idx)
-    void skip_masks_f32(const float *x, long ldx, long batch, int mr, int width,
-                        unsigned *masks)
+    long skip_cols_f32(const float **rows, long k, int *idx)
+    void skip_masks_f32(const float *x, long ldx, long batch, int width, unsigned *masks)
     long skip_samples_f32(const unsigned *masks, long batch, unsigned group, int *idx)
     void ukr_float_skip(long nk, const int *idx, const float *a, long rsa, long csa,
                         const float *b, long rsb, float *c, long ldc, const float *bias,
@@ -1220,6 +1219,11 @@ cdef inline Py_ssize_t int_lines(Py_ssize_t count, size_t itemsize) noexcept nog
     return lines((count * sizeof(int) + itemsize - 1) // itemsize, itemsize)
 
 
+cdef inline Py_ssize_t int_stride(Py_ssize_t count, size_t itemsize) noexcept nogil:
+    """The same room counted in ints: from one such block of ints to the next."""
+    return int_lines(count, itemsize) * itemsize // sizeof(int)
+
+
 cdef inline Py_ssize_t chunk_scratch(Py_ssize_t batch, Py_ssize_t n_out,
                                      size_t itemsize) noexcept nogil:
     """One thread's scratch in weight_grad_update: its chunk of dW, gemm_small's scratch,
@@ -1267,7 +1271,7 @@ cdef void skip_strips(const floating *x, Py_ssize_t ldx, const floating *b, Py_s
         if floating is float:   # the samples' masks, once for every 32 columns of x
             if (st - s0) % group == 0:
                 first = st
-                skip_masks_f32(at, ldx, k, MR, min(32, (s1 - st) * MR), masks)
+                skip_masks_f32(at, ldx, k, min(32, (s1 - st) * MR), masks)
             nk = skip_samples_f32(masks, k, ((<unsigned>1 << MR) - 1) << ((st - first) * MR),
                                   idx)
         else:
@@ -1297,7 +1301,7 @@ cdef void forward_strips(const floating *x, Py_ssize_t ldx, const int *perm,
         for i in range(MR):
             arow[i] = x + perm[st * MR + i] * ldx
         if floating is float:
-            nk = skip_cols_f32(arow, MR, k, idx)
+            nk = skip_cols_f32(arow, k, idx)
         else:
             nk = ukr_double_skip_cols(arow, k, idx)
         for u in range(n // NR):
@@ -1319,15 +1323,19 @@ cdef void rows_by_label(const int64_t *labels, Py_ssize_t rows, Py_ssize_t class
     for c in range(classes + 1):
         counts[c] = 0
     for r in range(rows):
-        counts[labels[r] if 0 <= labels[r] < classes else classes] += 1
+        counts[label_bucket(labels[r], classes)] += 1
     for c in range(classes + 1):
         t = counts[c]
         counts[c] = at
         at += t
     for r in range(rows):
-        c = labels[r] if 0 <= labels[r] < classes else classes
+        c = label_bucket(labels[r], classes)
         perm[counts[c]] = <int>r
         counts[c] += 1
+
+
+cdef inline Py_ssize_t label_bucket(int64_t label, Py_ssize_t classes) noexcept nogil:
+    return label if 0 <= label < classes else classes
 
 
 cdef void skip_edges(const floating *a, Py_ssize_t lda, bint trans_a, const floating *b,
@@ -1522,11 +1530,9 @@ cdef void forward_skip(const floating *x, Py_ssize_t m, Py_ssize_t k, const floa
     cdef Py_ssize_t MR = skip_mr(sizeof(floating)), NR = skip_nr(sizeof(floating))
     cdef Py_ssize_t full = skip_rows(m, sizeof(floating)), strips = full // MR, per, part
     cdef int *lists = <int *>(ws + gemm_scratch(m, n, k, False, nthreads, sizeof(floating)))
-    cdef Py_ssize_t stride = (int_lines(skip_list_room(k), sizeof(floating)) * sizeof(floating)
-                              // sizeof(int))
+    cdef Py_ssize_t stride = int_stride(skip_list_room(k), sizeof(floating))
     cdef int *perm = lists + nthreads * stride
-    rows_by_label(labels, full, classes, perm,
-                  perm + int_lines(m, sizeof(floating)) * sizeof(floating) // sizeof(int))
+    rows_by_label(labels, full, classes, perm, perm + int_stride(m, sizeof(floating)))
     cdef int parts = threads_for(2.0 * full * (n // NR * NR) * k, PAR_MIN_FLOPS,
                                  min(strips, nthreads))
     if parts == 1:

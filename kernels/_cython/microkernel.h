@@ -352,63 +352,56 @@ UKR_SKIP(ukr_double_skip, double, unsigned long long, vf64, vi64, 8, SKIP_MR_F64
  * the compress straight to memory is slow on Zen 4), or one at a time without it. Built the
  * scalar way (the _rows and _cols above), a batch-128 step's lists took 35 us of one core's
  * time in groups of 4 (28 in groups of 8); these take 17, about the time it takes to read
- * the 400 KB batch from L2 twice.
- *   skip_cols_f32(rows, mr, k, idx): the columns p < k at which the mr rows rows[i] are
- *       not all zero (the forward product's list, as ukr_float_skip_cols);
- *   skip_masks_f32(x, ldx, batch, mr, width, masks): masks[p] bit j set when
- *       x[p * ldx + j] is not zero, for j < width <= 32 (without AVX-512 only the first bit
- *       of each group of mr columns, set when one of them is not zero): the nonzero pattern
- *       of a sample's next 32 pixels, read once for the lists of the 32 / mr strips of
- *       x^T g that cover them;
+ * the 400 KB batch from L2 twice. Groups are SKIP_MR_F32 wide.
+ *   skip_cols_f32(rows, k, idx): the columns p < k at which the rows rows[i] are not all
+ *       zero (the forward product's list, as ukr_float_skip_cols);
+ *   skip_masks_f32(x, ldx, batch, width, masks): masks[p] bit j set when x[p * ldx + j] is
+ *       not zero, for j < width <= 32 (without AVX-512 only the first bit of each group,
+ *       set when one of its columns is not zero): the nonzero pattern of a sample's next 32
+ *       pixels, read once for the lists of the strips of x^T g that cover them;
  *   skip_samples_f32(masks, batch, group, idx): the samples p whose masks[p] has a bit of
  *       group set (one strip's list of x^T g, as ukr_float_skip_rows). */
 #define SKIP_MAGNITUDE_F32 0x7fffffffu
-static inline long skip_cols_f32(const float *const *rows, int mr, long k,
-                                 int *restrict idx)
+#if defined(__AVX512F__)
+/* The first n of 16 lanes (all of them from n = 16). */
+static inline __mmask16 first_lanes(long n)
 {
-    long nk = 0;
+    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+}
+/* Appends the lanes of ids that keep selects, in order, at idx + nk; the new count. */
+static inline long append_kept(int *restrict idx, long nk, __mmask16 keep, __m512i ids)
+{
+    const int kept = __builtin_popcount(keep);
+    _mm512_mask_storeu_epi32(idx + nk, first_lanes(kept), _mm512_maskz_compress_epi32(keep, ids));
+    return nk + kept;
+}
+#endif
+static inline long skip_cols_f32(const float *const *rows, long k, int *restrict idx)
+{
 #if defined(__AVX512F__)
     const __m512i magnitude = _mm512_set1_epi32(SKIP_MAGNITUDE_F32);
     const __m512i sixteen = _mm512_set1_epi32(16);
     __m512i cols = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    long nk = 0;
     for (long p = 0; p < k; p += 16) {
-        const __mmask16 lanes = k - p >= 16 ? 0xffff : (__mmask16)((1u << (k - p)) - 1);
+        const __mmask16 lanes = first_lanes(k - p);
         __m512i bits = _mm512_setzero_si512();
-        for (int i = 0; i < mr; ++i)
+        UNROLL for (int i = 0; i < SKIP_MR_F32; ++i)
             bits = _mm512_or_si512(bits, _mm512_maskz_loadu_epi32(lanes, rows[i] + p));
-        const __mmask16 keep = _mm512_test_epi32_mask(bits, magnitude);
-        const int kept = __builtin_popcount(keep);
-        _mm512_mask_storeu_epi32(idx + nk, (__mmask16)((1u << kept) - 1),
-                                 _mm512_maskz_compress_epi32(keep, cols));
-        nk += kept;
+        nk = append_kept(idx, nk, _mm512_test_epi32_mask(bits, magnitude), cols);
         cols = _mm512_add_epi32(cols, sixteen);
     }
-#else                                           /* (as ukr_float_skip_cols) */
-    for (long p = 0; p < k; ++p) {
-        unsigned bits = 0;
-        for (int i = 0; i < mr; ++i) {
-            unsigned w;
-            memcpy(&w, rows[i] + p, sizeof w);
-            bits |= w;
-        }
-        idx[p] = (bits & SKIP_MAGNITUDE_F32) != 0;
-    }
-    for (long p = 0; p < k; ++p) {
-        const int keep = idx[p];
-        idx[nk] = (int)p;
-        nk += keep;
-    }
-#endif
     return nk;
+#else
+    return ukr_float_skip_cols(rows, k, idx);
+#endif
 }
-static inline void skip_masks_f32(const float *restrict x, long ldx, long batch, int mr,
-                                  int width, unsigned *restrict masks)
+static inline void skip_masks_f32(const float *restrict x, long ldx, long batch, int width,
+                                  unsigned *restrict masks)
 {
 #if defined(__AVX512F__)
     const __m512i magnitude = _mm512_set1_epi32(SKIP_MAGNITUDE_F32);
-    const __mmask16 lo = width >= 16 ? 0xffff : (__mmask16)((1u << width) - 1);
-    const __mmask16 hi = width >= 32 ? 0xffff
-                         : width > 16 ? (__mmask16)((1u << (width - 16)) - 1) : 0;
+    const __mmask16 lo = first_lanes(width), hi = width > 16 ? first_lanes(width - 16) : 0;
     for (long p = 0; p < batch; ++p) {
         const float *row = x + p * ldx;
         const unsigned a = _mm512_test_epi32_mask(_mm512_maskz_loadu_epi32(lo, row), magnitude);
@@ -416,12 +409,12 @@ static inline void skip_masks_f32(const float *restrict x, long ldx, long batch,
                                                   magnitude);
         masks[p] = a | b << 16;
     }
-#else                                   /* one bit per group of mr: a bit per column costs */
-    for (long p = 0; p < batch; ++p) {  /* more than it saves without vectors */
+#else                                   /* one bit per group: a bit per column costs more */
+    for (long p = 0; p < batch; ++p) {  /* than it saves without vectors */
         unsigned m = 0;
-        for (int j = 0; j < width; j += mr) {
+        for (int j = 0; j < width; j += SKIP_MR_F32) {
             unsigned bits = 0;
-            for (int i = j; i < j + mr && i < width; ++i) {
+            for (int i = j; i < j + SKIP_MR_F32 && i < width; ++i) {
                 unsigned w;
                 memcpy(&w, x + p * ldx + i, sizeof w);
                 bits |= w;
@@ -437,16 +430,12 @@ static inline long skip_samples_f32(const unsigned *restrict masks, long batch, 
 {
     long nk = 0;
 #if defined(__AVX512F__)
-    const __m512i bits = _mm512_set1_epi32((int)group), sixteen = _mm512_set1_epi32(16);
+    const __m512i bits = _mm512_set1_epi32((int)group);
+    const __m512i sixteen = _mm512_set1_epi32(16);
     __m512i samples = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     for (long p = 0; p < batch; p += 16) {
-        const __mmask16 lanes = batch - p >= 16 ? 0xffff : (__mmask16)((1u << (batch - p)) - 1);
-        const __mmask16 keep = _mm512_test_epi32_mask(
-            _mm512_maskz_loadu_epi32(lanes, masks + p), bits);
-        const int kept = __builtin_popcount(keep);
-        _mm512_mask_storeu_epi32(idx + nk, (__mmask16)((1u << kept) - 1),
-                                 _mm512_maskz_compress_epi32(keep, samples));
-        nk += kept;
+        const __m512i m = _mm512_maskz_loadu_epi32(first_lanes(batch - p), masks + p);
+        nk = append_kept(idx, nk, _mm512_test_epi32_mask(m, bits), samples);
         samples = _mm512_add_epi32(samples, sixteen);
     }
 #else
