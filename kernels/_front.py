@@ -28,6 +28,8 @@ The backend protocol (every argument already checked; arrays C-contiguous)::
     train_steps(params, x, labels_int64, order_int64, batch, losses, opt)   # optional: fused;
         # without it the set runs kernels/_steps.py's per_op, which composes the ops above
     set_threads(n)
+    isa() -> str                                                   # optional: the instruction-set
+        # path the set runs (kernels._isa: avx512, avx2, neon, generic; numpy: its BLAS kernel)
 """
 
 from __future__ import annotations
@@ -65,8 +67,17 @@ class KernelSet:
         self._threads_key = getattr(backend, "THREADS_KEY", name)
         self._checks_labels = getattr(backend, "CHECKS_LABELS", False)
 
+    @property
+    def isa(self) -> str | None:
+        """The instruction-set path this set runs here (``kernels._isa``: avx512, avx2, neon or
+        generic; the numpy set names its BLAS's kernel), or None where that is not the set's
+        to choose (torch)."""
+        isa = getattr(self._backend, "isa", None)
+        return isa() if isa else None
+
     def __repr__(self) -> str:
-        return f"<kernel set {self.name!r} device={self.device!r} threads={self.threads}>"
+        isa = f" isa={self.isa!r}" if self.isa else ""
+        return f"<kernel set {self.name!r} device={self.device!r} threads={self.threads}{isa}>"
 
     # ------------------------------------------------------------------ conversion
 

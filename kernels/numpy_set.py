@@ -17,6 +17,17 @@ def set_threads(n):
     threadpool_limits(limits=n, user_api="blas")
 
 
+def isa():
+    """NumPy's BLAS and the kernel it picked for this CPU, as threadpoolctl reports them
+    (for example ``openblas:SkylakeX``; OPENBLAS_CORETYPE=Haswell forces the AVX2 one)."""
+    from threadpoolctl import threadpool_info
+
+    for lib in threadpool_info():
+        if lib.get("user_api") == "blas":
+            return f"{lib.get('internal_api')}:{lib.get('architecture') or 'unknown'}"
+    return "unknown"
+
+
 def matmul(a, b, out, trans_a, trans_b):
     # a (m, k) or (k, m) with trans_a; b (k, n) or (n, k) with trans_b; out (m, n)
     np.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
