@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 
 from ._arrays import NumpyArrays, TorchArrays
 from ._front import KernelSet
@@ -102,4 +103,7 @@ def get(name: str, device: str = "cpu", threads: int | None = None) -> KernelSet
     reason = _unavailable_reason(name, device)
     if reason is not None:
         raise UnavailableError(reason)
+    serial = getattr(backend, "SERIAL_REASON", None)
+    if serial and threads > 1:
+        warnings.warn(f"threads={threads} asked of kernel set {name!r}, but {serial}", stacklevel=2)
     return KernelSet(name, backend, arrays(device), device, threads)

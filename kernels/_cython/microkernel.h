@@ -1,38 +1,21 @@
-/* microkernel.h: the register-blocked micro-kernels of kernels/_cython/fast.pyx and the
- * blocking constants of its BLIS loops, named once, here.
+/* microkernel.h: the register-blocked micro-kernels of kernels/_cython/fast.pxi and the
+ * constants of its BLIS loops that do not depend on the CPU.
  *
- * Written with GCC vector extensions (a vector of 16 floats / 8 doubles = one 512-bit zmm
- * register) so that `-O3 -march=native` on an AVX-512 CPU turns every `acc += a * b` into
- * one vfmadd231ps/pd on zmm registers with the A element broadcast from memory ({1to16}).
- * Without -march=native (KERNELS_PORTABLE=1) GCC lowers the same code to SSE2; it stays
- * correct, only slower.
+ * Written with GCC vector extensions (a vector of VL_F32 floats / VL_F64 doubles = one
+ * register of the path: zmm, ymm or a 16-byte xmm / q register) so that every `acc += a * b`
+ * becomes one FMA on a whole register with the A element broadcast (from memory, on x86).
+ * GCC and clang both take these extensions. What differs between CPUs, the vector width,
+ * the register tile (MR x NR) and the cache blocks (KC, MC, NC), lives in the path's table,
+ * isa/<path>.h, which isa.h picks for this build: setup.py compiles these kernels once per
+ * path with that path's flags, and the set loads the one kernels._isa picks at run time.
  *
- * ---- Blocking for this CPU ------------------------------------------------------------
- * AMD EPYC (Zen 4), AVX-512 + FMA, 2 cores. Per core: L1d 32 KiB, L2 1 MiB; L3 32 MiB shared.
- * 32 zmm registers; Zen 4 retires one 512-bit FMA per cycle per core (two 256-bit pipes).
- *
- *   MR x NR  the C tile held in registers: MR rows x NR/VL vectors.
- *            float32: 8 x 32 = 8 x 2 zmm = 16 accumulators, + 2 zmm for the B row
- *            (+ broadcasts folded into the FMAs) = 18 of 32 registers. Each k step does
- *            2 vector loads of B and 8 broadcasts of A for 16 FMAs, so it is FMA-bound, and
- *            16 independent accumulators cover the FMA latency (4 cycles) four times over.
- *            float64: 8 x 16 = the same 8 x 2 zmm. MR = 8 also divides every batch size the
- *            MLP uses and NR = 32 its layer widths 128 and 64 (only the 10-wide output and
- *            784 = 24 * 32 + 16 go through the edge path).
- *   KC       depth of one packed block: 512 (float32). The B micro-panel (KC x NR =
- *            512 * 32 * 4 B = 64 KiB) does not stay in L1, and need not: the kernel consumes
- *            2 B vectors + 8 A elements = 160 B per 16 FMA cycles (10 B/cycle), while Zen 4's
- *            L2 refills L1 at 64 B/cycle. A deep KC instead amortises loading and storing the
- *            C tile (once per 512 k steps) and quarters LOOP 4's synchronisation points.
- *            Measured on this box (1 thread, 2048^3, vs OpenBLAS): KC 128 -> 0.80x,
- *            256 -> 0.91x, 512 -> 0.99x. float64: 256 (256 * 16 * 8 B = 32 KiB).
+ *   MR x NR  the C tile held in registers: MR rows x NR / VL vectors, with room left for
+ *            B's vectors and a broadcast of A, and enough independent accumulators to cover
+ *            the FMA latency (4 cycles) times the FMA units.
+ *   KC       depth of one packed block (the A and B micro-panels' length).
  *   MC       rows of one packed A block, which stays in L2 while loop 2 sweeps the B
- *            micro-panels past it: 128 * 512 * 4 B = 256 KiB, a quarter of the 1 MiB L2, so
- *            the streaming B micro-panels and C tiles fit beside it. Each thread packs its own
- *            block. float64: 128 * 256 * 8 B, the same 256 KiB.
- *   NC       columns of one packed B block, shared by both threads from L3:
- *            512 * 4096 * 4 B = 8 MiB, a quarter of the 32 MiB L3 (float64: 256 * 2048 * 8 B
- *            = 4 MiB).
+ *            micro-panels past it; each thread packs its own block.
+ *   NC       columns of one packed B block, shared by the threads from L3.
  * The small-size path (no packing) is taken while op(B) fits in half of L2
  * (DIRECT_MAX_B_BYTES); there B is read in place by every row strip and packing it cannot
  * pay for itself.
@@ -43,28 +26,22 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include "isa.h"
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
-#define MR_F32 8
-#define NR_F32 32
-#define KC_F32 512
-#define MC_F32 128
-#define NC_F32 4096
-
-#define MR_F64 8
-#define NR_F64 16
-#define KC_F64 256
-#define MC_F64 128
-#define NC_F64 2048
-
-#define TILE_MAX 256                       /* max MR * NR over both dtypes: the edge buffer */
-#define DIRECT_MAX_B_BYTES (512 * 1024)    /* small-size path while op(B) fits in half of L2 */
+/* The edge buffer: a whole tile of either dtype. */
+#define TILE_MAX (MR_F32 * NR_F32 > MR_F64 * NR_F64 ? MR_F32 * NR_F32 : MR_F64 * NR_F64)
 #define PAR_MIN_FLOPS (1L << 19)           /* below ~0.5 MFLOP a matmul runs on one thread */
 #define PAR_MIN_ELEMS (1L << 16)           /* elementwise ops go parallel from 64 Ki elements */
 #define BLOCKS_PER_THREAD 4                /* matmul work items per thread, handed out dynamically */
-#define MIN_BLOCK_ROWS 64                  /* ... but no row block (LOOP 3) under 64 rows */
+/* ... but no row block (LOOP 3) under 64 rows, rounded up to whole MR-row strips */
+#define MIN_BLOCK_ROWS ((64 + MR_F32 - 1) / MR_F32 * MR_F32)
+_Static_assert(MR_F32 == MR_F64, "MIN_BLOCK_ROWS assumes one MR for both dtypes");
+_Static_assert(MC_F32 % MR_F32 == 0 && MC_F64 % MR_F64 == 0, "MC is whole MR-row strips");
+_Static_assert(NR_F32 % (2 * VL_F32) == 0 && NR_F64 % (2 * VL_F64) == 0,
+               "NR and the narrow kernels' NR / 2 are whole vectors");
 #define UPDATE_CHUNK_BYTES (16 * 1024)     /* train_steps: a chunk of dW, in L1 for the update */
 #define GATHER_PAR_MIN_BYTES (16 * 1024)   /* train_steps: its batch gather splits from 32 KiB */
 
@@ -72,14 +49,12 @@
 #define BLOCKED_NB 256                     /* C / B columns per block: a 1 KiB row of C in L1 */
 #define BLOCKED_KB 128                     /* depth per block: KB rows of B (128 KiB) in L2 */
 
-#define VL_F32 16                          /* lanes of one 512-bit vector */
-#define VL_F64 8
-
-/* Unaligned 512-bit vectors (aligned(4) lets the compiler use vmovups on any address). */
-typedef float vf32 __attribute__((vector_size(64), aligned(4)));
-typedef double vf64 __attribute__((vector_size(64), aligned(8)));
-typedef int vi32 __attribute__((vector_size(64), aligned(4)));
-typedef long long vi64 __attribute__((vector_size(64), aligned(8)));
+/* Unaligned vectors of the path's width (aligned(4) lets the compiler use vmovups on any
+ * address). */
+typedef float vf32 __attribute__((vector_size(VECTOR_BYTES), aligned(4)));
+typedef double vf64 __attribute__((vector_size(VECTOR_BYTES), aligned(8)));
+typedef int vi32 __attribute__((vector_size(VECTOR_BYTES), aligned(4)));
+typedef long long vi64 __attribute__((vector_size(VECTOR_BYTES), aligned(8)));
 
 /* 64-byte aligned scratch (packing buffers); free with kernels_free. */
 static inline void *kernels_alloc(size_t bytes)
@@ -101,6 +76,18 @@ static inline void kernels_free(void *p) { free(p); }
  * round for b swaps the b-element blocks between rows i and i + b: row i keeps the first
  * block of every pair, row i + b the second), VL stores. For pack()'s transposes: one
  * element at a time, the panel's stores land NR elements apart, a line each. */
+#if defined(__clang__)
+/* clang has no two-source shuffle with a run-time index vector (GCC's __builtin_shuffle;
+ * clang's __builtin_shufflevector takes constants only): the block a lane at a time, which
+ * clang vectorises as far as it can. pack()'s transposes are a small part of a product. */
+#define TRANSPOSE(NAME, T, V, VI, VL, IOTA)                                               \
+static inline void NAME(const T *restrict src, long lds, T *restrict dst, long ldd)       \
+{                                                                                         \
+    for (int c = 0; c < VL; ++c)                                                          \
+        for (int r = 0; r < VL; ++r)                                                      \
+            dst[c * ldd + r] = src[r * lds + c];                                          \
+}
+#else
 #define TRANSPOSE(NAME, T, V, VI, VL, IOTA)                                               \
 static inline void NAME(const T *restrict src, long lds, T *restrict dst, long ldd)       \
 {                                                                                         \
@@ -122,6 +109,7 @@ static inline void NAME(const T *restrict src, long lds, T *restrict dst, long l
     UNROLL_ALL for (int i = 0; i < VL; ++i)                                               \
         *(V *)(dst + i * ldd) = r[i];                                                     \
 }
+#endif
 
 
 /* Pieces of every micro-kernel below, written once. They use the enclosing kernel's
@@ -216,21 +204,21 @@ static __attribute__((unused)) void NAME##_direct(long kc, const T *restrict a, 
     NAME##_strided(kc, a, rsa, csa, b, rsb, c, ldc, accumulate, bias, relu);           \
 }
 
-UKR(ukr_float, float, vf32, vi32, 16, MR_F32, NR_F32, 1)
-UKR(ukr_double, double, vf64, vi64, 8, MR_F64, NR_F64, 1)
+UKR(ukr_float, float, vf32, vi32, VL_F32, MR_F32, NR_F32, 1)
+UKR(ukr_double, double, vf64, vi64, VL_F64, MR_F64, NR_F64, 1)
 /* Half-width tiles (MR x NR/2, one vector per row) for a last column strip at most NR/2 wide,
  * such as the MLP's 10 output classes: 37% of the lanes wasted instead of 69%. */
-UKR(ukr_float_narrow, float, vf32, vi32, 16, MR_F32, NR_F32 / 2, 1)
-UKR(ukr_double_narrow, double, vf64, vi64, 8, MR_F64, NR_F64 / 2, 1)
+UKR(ukr_float_narrow, float, vf32, vi32, VL_F32, MR_F32, NR_F32 / 2, 1)
+UKR(ukr_double_narrow, double, vf64, vi64, VL_F64, MR_F64, NR_F64 / 2, 1)
 /* 4-, 2- and 1-row tiles for the last rows of the small-size path (mr < MR: the batch of 1 a
  * trainer sees at inference, or 7 = 4 + 2 + 1 left over): padding those rows to MR would do
  * MR / mr times the work, and a batch of one would run eight times the FMAs it needs. */
-UKR(ukr_float_r4, float, vf32, vi32, 16, 4, NR_F32, 1)
-UKR(ukr_float_r2, float, vf32, vi32, 16, 2, NR_F32, 2)
-UKR(ukr_float_r1, float, vf32, vi32, 16, 1, NR_F32, 4)
-UKR(ukr_double_r4, double, vf64, vi64, 8, 4, NR_F64, 1)
-UKR(ukr_double_r2, double, vf64, vi64, 8, 2, NR_F64, 2)
-UKR(ukr_double_r1, double, vf64, vi64, 8, 1, NR_F64, 4)
+UKR(ukr_float_r4, float, vf32, vi32, VL_F32, 4, NR_F32, 1)
+UKR(ukr_float_r2, float, vf32, vi32, VL_F32, 2, NR_F32, 2)
+UKR(ukr_float_r1, float, vf32, vi32, VL_F32, 1, NR_F32, 4)
+UKR(ukr_double_r4, double, vf64, vi64, VL_F64, 4, NR_F64, 1)
+UKR(ukr_double_r2, double, vf64, vi64, VL_F64, 2, NR_F64, 2)
+UKR(ukr_double_r1, double, vf64, vi64, VL_F64, 1, NR_F64, 4)
 
 /* UKR_SKIP(NAME, T, UT, V, VI, VL, MR, NR, MAGNITUDE): products that skip the exact zeros
  * of an input (the background pixels of an image), for a training step's first layer.
@@ -342,9 +330,9 @@ static inline void NAME##_scattered(long nk, const int *restrict idx,           
 #define SKIP_MR_F64 (MR_F64 / 2)
 #define SKIP_NR_F64 (NR_F64 * 2)
 _Static_assert(SKIP_MR_F32 <= SKIP_MR_MAX && SKIP_MR_F64 <= SKIP_MR_MAX, "SKIP_MR_MAX");
-UKR_SKIP(ukr_float_skip, float, unsigned int, vf32, vi32, 16, SKIP_MR_F32, SKIP_NR_F32,
+UKR_SKIP(ukr_float_skip, float, unsigned int, vf32, vi32, VL_F32, SKIP_MR_F32, SKIP_NR_F32,
          0x7fffffffu)
-UKR_SKIP(ukr_double_skip, double, unsigned long long, vf64, vi64, 8, SKIP_MR_F64, SKIP_NR_F64,
+UKR_SKIP(ukr_double_skip, double, unsigned long long, vf64, vi64, VL_F64, SKIP_MR_F64, SKIP_NR_F64,
          0x7fffffffffffffffull)
 
 /* The float32 lists, 16 values at a time with AVX-512 (a test for nonzero magnitudes, then
@@ -447,8 +435,7 @@ static inline long skip_samples_f32(const unsigned *restrict masks, long batch, 
     return nk;
 }
 
-TRANSPOSE(transpose_f32, float, vf32, vi32, VL_F32,
-          ((vi32){0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}))
-TRANSPOSE(transpose_f64, double, vf64, vi64, VL_F64, ((vi64){0, 1, 2, 3, 4, 5, 6, 7}))
+TRANSPOSE(transpose_f32, float, vf32, vi32, VL_F32, IOTA_F32)
+TRANSPOSE(transpose_f64, double, vf64, vi64, VL_F64, IOTA_F64)
 
 #endif

@@ -39,7 +39,8 @@ typedef struct {
     double step_size, inv_bc2_sqrt;      /* Adam's at t: lr / (1 - b1^t), 1 / sqrt(1 - b2^t) */
 } Update;
 
-#define SWEEP_BLOCK 8                    /* vectors of the forward product held in registers */
+/* SWEEP_BLOCK, the vectors of the forward product held in registers, is the path's
+ * (isa/<path>.h): with g's vectors beside them, two per register file's 16 or 32. */
 #define SWEEP_PAR_MIN (1L << 15)         /* weights (elements) from which the sweep is split */
 
 /* NAME##_rows(u, xp, g, w, s1, s2, xn, h, n_out, r0, r1): for the rows i in [r0, r1) of w

@@ -1,9 +1,9 @@
 /* vecmath.h: the numerically careful row helpers of fast.pyx's softmax-cross-entropy, in
- * 16-lane float32 vectors (GCC vector extensions: zmm registers under -march=native).
+ * float32 vectors of the path's width (GCC vector extensions: VL_F32 lanes, isa/<path>.h).
  *
  * libm's expf is a scalar call (~10 ns) that GCC cannot vectorise without -ffast-math, which
  * made exp the whole cost of softmax-cross-entropy. exp_minus_max_f32 computes exp(z - max)
- * 16 lanes at a time with Cephes' expf (range reduction by ln 2, degree-5 polynomial, about
+ * a vector at a time with Cephes' expf (range reduction by ln 2, degree-5 polynomial, about
  * 1 ulp), exact enough for float32 and branch-free. float64 keeps libm's exp (fast.pyx).
  */
 #ifndef KERNELS_VECMATH_H
@@ -72,7 +72,7 @@ static inline double exp_minus_max_f32(const float *z, float zmax, float *out, l
     double total = 0.0;
     for (int l = 0; l < VL_F32; ++l)
         total += acc[l];
-    if (j < n) {                                     /* the tail through a 16-lane buffer */
+    if (j < n) {                                     /* the tail through a one-vector buffer */
         float buf[VL_F32];
         long rest = n - j;
         for (long l = 0; l < VL_F32; ++l)
@@ -86,7 +86,7 @@ static inline double exp_minus_max_f32(const float *z, float zmax, float *out, l
     return total;
 }
 
-/* exp in place over a flat array, 16 lanes at a time (every x <= 0). */
+/* exp in place over a flat array, a vector at a time (every x <= 0). */
 static inline void exp_inplace_f32(float *x, long n)
 {
     long j = 0;

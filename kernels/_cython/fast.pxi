@@ -1,5 +1,12 @@
-# cython: language_level=3
 """The cython set: every op of the MLP as an optimised, OpenMP-parallel Cython kernel, no BLAS.
+
+This file is compiled once per instruction-set path (fast_avx512.pyx, fast_avx2.pyx,
+fast_neon.pyx, fast_generic.pyx include it; setup.py gives each its path's -m flags), and
+kernels/cython_set.py imports the module kernels._isa selects for this CPU: one build runs at
+its best on any CPU, with no -march=native. What differs between the paths (vector width,
+register tile, cache blocks) is in isa/<path>.h; this file and microkernel.h are written
+once for all of them in their terms (VL, MR, NR, KC, MC, NC). ``ISA`` names the module's
+path and ``OPENMP`` says whether it was built with OpenMP (without it, every loop is serial).
 
 Design note (after scikit-learn's ``_loss.pyx``; the matmul after bluss's matrixmultiply):
 
@@ -26,7 +33,7 @@ Design note (after scikit-learn's ``_loss.pyx``; the matmul after bluss's matrix
   epilogue while the C tile is in registers; the backward fuses the ReLU mask with the
   bias gradient in one pass and gets x^T g and g w^T from the packing, with no transposes.
 * softmax-cross-entropy: numerically careful row helpers in vecmath.h (max-shifted exp in
-  16-lane vectors; libm's scalar expf cannot be vectorised without -ffast-math), the loss
+  vectors of the path's width; libm's scalar expf cannot be vectorised without -ffast-math), the loss
   accumulated in double.
 * Threads: ``set_threads(n)`` stores n here; every parallel loop is a ``prange`` with
   ``num_threads`` set from it, one parallel loop per loop nest (matmul: over row blocks of
@@ -52,7 +59,9 @@ from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy, memset
 
 cdef extern from "microkernel.h" nogil:
+    const char *KERNELS_ISA_NAME
     enum:
+        KERNELS_OPENMP
         MR_F32
         NR_F32
         KC_F32
@@ -160,6 +169,9 @@ cdef extern from "vecmath.h" nogil:
 ctypedef fused floating:
     float
     double
+
+ISA = KERNELS_ISA_NAME.decode()     # the path this module was built for (isa/<path>.h)
+OPENMP = bool(KERNELS_OPENMP)       # False: built without OpenMP, every prange runs serially
 
 cdef int _threads = 1
 
@@ -816,7 +828,7 @@ cdef inline double softmax_cross_entropy_row(const floating *z, Py_ssize_t label
     cdef Py_ssize_t j
     cdef floating zmax, e, scale
     cdef double total = 0.0
-    if floating is float:                       # 16 lanes at a time (vecmath.h)
+    if floating is float:                       # a vector at a time (vecmath.h)
         zmax = row_max_f32(z, classes)
         total = exp_minus_max_f32(z, zmax, g, classes)
     else:
@@ -1268,10 +1280,10 @@ cdef void skip_strips(const floating *x, Py_ssize_t ldx, const floating *b, Py_s
     cdef unsigned *masks = <unsigned *>(idx + k)
     for st in range(s0, s1):
         at = x + st * MR
-        if floating is float:   # the samples' masks, once for every 32 columns of x
+        if floating is float:   # the samples' masks, once for every `group` strips of x
             if (st - s0) % group == 0:
                 first = st
-                skip_masks_f32(at, ldx, k, min(32, (s1 - st) * MR), masks)
+                skip_masks_f32(at, ldx, k, min(group, s1 - st) * MR, masks)
             nk = skip_samples_f32(masks, k, ((<unsigned>1 << MR) - 1) << ((st - first) * MR),
                                   idx)
         else:

@@ -1,0 +1,4 @@
+# cython: language_level=3
+# The cython set built for the neon path: fast.pxi, compiled by setup.py with the path's
+# flags and -DKERNELS_ISA_NEON (isa/neon.h has its vector width, tile and blocks).
+include "fast.pxi"

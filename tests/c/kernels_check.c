@@ -1,0 +1,217 @@
+/* kernels_check.c: the cython set's C kernels (kernels/_cython/microkernel.h, vecmath.h,
+ * sweep.h) checked on their own, without Python, for any path and compiler: built by
+ * tests/c/check.sh (and tests/test_c_kernels.py) once per path this machine can run, with gcc
+ * and clang, and for aarch64 under qemu-user, where no Python of that architecture is at
+ * hand. Every kernel is compared with a plain double-precision loop over the same inputs.
+ *
+ *   cc -O2 -std=c11 -DKERNELS_ISA_AVX2=1 -mavx2 -mfma -Ikernels/_cython tests/c/kernels_check.c -lm
+ *
+ * Prints one line per failed check and "N passed, M failed"; exits 1 on any failure.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "microkernel.h"
+#include "sweep.h"
+#include "vecmath.h"
+
+static int passed, failed;
+
+static void check(int ok, const char *what, const char *detail)
+{
+    if (ok) {
+        passed++;
+    } else {
+        failed++;
+        printf("FAIL %s: %s\n", what, detail);
+    }
+}
+
+static unsigned long long rng_state = 88172645463325252ull;
+static double uniform(void)        /* in [-1, 1): xorshift64, the same numbers everywhere */
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (double)(rng_state >> 11) / (double)(1ull << 52) - 1.0;
+}
+
+/* C (mr x nr, ldc) vs sum_p A(i, p) B(p, j) (+ bias) (ReLU), within tol * (k + 1). */
+#define REFERENCE_CHECK(T, NAME)                                                            \
+static int NAME(const T *a, long rsa, long csa, const T *b, long rsb, const T *c, long ldc, \
+                long mr, long nr, long k, const T *bias, int relu, double tol)              \
+{                                                                                           \
+    for (long i = 0; i < mr; i++)                                                           \
+        for (long j = 0; j < nr; j++) {                                                     \
+            double s = bias ? bias[j] : 0.0;                                                \
+            for (long p = 0; p < k; p++)                                                    \
+                s += (double)a[i * rsa + p * csa] * (double)b[p * rsb + j];                 \
+            if (relu && !(s > 0)) s = 0;                                                    \
+            if (fabs(c[i * ldc + j] - s) > tol * (k + 1)) return 0;                         \
+        }                                                                                   \
+    return 1;                                                                               \
+}
+REFERENCE_CHECK(float, matches_f32)
+REFERENCE_CHECK(double, matches_f64)
+
+/* The dense kernels of one dtype: full, narrow and 4/2/1-row tiles, packed and strided,
+ * with and without bias and ReLU, k from 0 (an empty sum) to past a vector's lanes. */
+#define CHECK_DENSE(T, SUFFIX, MR, NR, TOL, MATCHES)                                        \
+static void check_dense_##SUFFIX(void)                                                      \
+{                                                                                           \
+    enum { K = 37 };                                                                        \
+    static T a[MR * K], b[K * NR], c[MR * NR], bias[NR];                                    \
+    char what[96];                                                                          \
+    for (int i = 0; i < MR * K; i++) a[i] = (T)uniform();                                   \
+    for (int i = 0; i < K * NR; i++) b[i] = (T)uniform();                                   \
+    for (int i = 0; i < NR; i++) bias[i] = (T)uniform();                                    \
+    for (long k = 0; k <= K; k += (k < 3 ? 1 : 17)) {                                       \
+        for (int relu = 0; relu < 2; relu++) {                                              \
+            const T *bs = relu ? bias : NULL;                                               \
+            /* packed: A micro-panel k x MR (a[p * MR + i]), B micro-panel k x NR */        \
+            ukr_##SUFFIX##_packed(k, a, b, c, NR, 0, bs, relu);                             \
+            snprintf(what, sizeof what, #SUFFIX " packed %dx%d k=%ld relu=%d", MR, NR, k, relu); \
+            check(MATCHES(a, 1, MR, b, NR, c, NR, MR, NR, k, bs, relu, TOL), what, "wrong sums"); \
+            /* strided: A row-major (rsa = K), the narrow tile's half of the columns */     \
+            ukr_##SUFFIX##_narrow_direct(k, a, K, 1, b, NR, c, NR, 0, bs, relu);            \
+            snprintf(what, sizeof what, #SUFFIX " narrow k=%ld relu=%d", k, relu);          \
+            check(MATCHES(a, K, 1, b, NR, c, NR, MR, NR / 2, k, bs, relu, TOL), what, "wrong sums"); \
+            ukr_##SUFFIX##_r4_direct(k, a, K, 1, b, NR, c, NR, 0, bs, relu);                \
+            snprintf(what, sizeof what, #SUFFIX " r4 k=%ld relu=%d", k, relu);              \
+            check(MATCHES(a, K, 1, b, NR, c, NR, 4, NR, k, bs, relu, TOL), what, "wrong sums"); \
+            ukr_##SUFFIX##_r2_direct(k, a, K, 1, b, NR, c, NR, 0, bs, relu);                \
+            snprintf(what, sizeof what, #SUFFIX " r2 k=%ld relu=%d", k, relu);              \
+            check(MATCHES(a, K, 1, b, NR, c, NR, 2, NR, k, bs, relu, TOL), what, "wrong sums"); \
+            ukr_##SUFFIX##_r1_direct(k, a, K, 1, b, NR, c, NR, 0, bs, relu);                \
+            snprintf(what, sizeof what, #SUFFIX " r1 k=%ld relu=%d", k, relu);              \
+            check(MATCHES(a, K, 1, b, NR, c, NR, 1, NR, k, bs, relu, TOL), what, "wrong sums"); \
+        }                                                                                   \
+    }                                                                                       \
+    /* accumulate: C += A B on top of the last result */                                    \
+    ukr_##SUFFIX##_direct(K, a, K, 1, b, NR, c, NR, 0, NULL, 0);                            \
+    ukr_##SUFFIX##_direct(K, a, K, 1, b, NR, c, NR, 1, NULL, 0);                            \
+    for (int i = 0; i < MR * NR; i++) c[i] /= 2;                                            \
+    check(MATCHES(a, K, 1, b, NR, c, NR, MR, NR, K, NULL, 0, TOL), #SUFFIX " accumulate",   \
+          "C + AB != 2 AB");                                                                \
+}
+CHECK_DENSE(float, float, MR_F32, NR_F32, 1e-5, matches_f32)
+CHECK_DENSE(double, double, MR_F64, NR_F64, 1e-13, matches_f64)
+
+/* The zero-skipping tiles: a list leaves out only the steps whose SKIP_MR values of A are
+ * all zero, and the tile over the list is the dense tile's sums, bit for bit. */
+static void check_skip_f32(void)
+{
+    enum { K = 67, MR = SKIP_MR_F32, NR = SKIP_NR_F32 };
+    static float x[K * MR], xt[MR * K], b[K * NR], skip[MR * NR];
+    static int idx[2 * K];
+    for (int p = 0; p < K; p++)                      /* x (K samples, MR pixels): a third zero */
+        for (int i = 0; i < MR; i++)
+            x[p * MR + i] = xt[i * K + p] = (p % 3 == 0) ? 0.0f : (float)uniform();
+    for (int i = 0; i < K * NR; i++) b[i] = (float)uniform();
+    /* A = x^T (the weight gradient's), A(i, p) = x[p * MR + i] */
+    long nk = ukr_float_skip_rows(x, MR, K, idx);
+    check(nk == K - (K + 2) / 3, "f32 skip rows", "the list keeps a step that is all zero");
+    ukr_float_skip(nk, idx, x, 1, MR, b, NR, skip, NR, NULL, 0);
+    int same = matches_f32(x, 1, MR, b, NR, skip, NR, MR, NR, K, NULL, 0, 1e-5);
+    check(same, "f32 skip tile (x^T g)", "wrong sums");
+    /* A = x (the forward pass's), rows scattered: the columns where no row is nonzero */
+    const float *rows[SKIP_MR_MAX];
+    for (int i = 0; i < MR; i++) rows[i] = xt + i * K;
+    nk = skip_cols_f32(rows, K, idx);
+    check(nk == K - (K + 2) / 3, "f32 skip cols", "the list keeps a column that is all zero");
+    float *crow[SKIP_MR_MAX];
+    for (int i = 0; i < MR; i++) crow[i] = skip + i * NR;
+    ukr_float_skip_scattered(nk, idx, rows, b, NR, crow, NULL, 0);
+    check(matches_f32(xt, K, 1, b, NR, skip, NR, MR, NR, K, NULL, 0, 1e-5),
+          "f32 skip tile (x w, scattered)", "wrong sums");
+    /* the sample masks of x^T g, 32 pixels of a sample at a time */
+    unsigned masks[K];
+    skip_masks_f32(x, MR, K, MR, masks);
+    nk = skip_samples_f32(masks, K, (1u << MR) - 1, idx);
+    check(nk == K - (K + 2) / 3, "f32 skip masks", "the masks keep a sample that is all zero");
+}
+
+static void check_transpose(void)
+{
+    float src[VL_F32 * VL_F32], dst[VL_F32 * VL_F32];
+    double srcd[VL_F64 * VL_F64], dstd[VL_F64 * VL_F64];
+    for (int i = 0; i < VL_F32 * VL_F32; i++) src[i] = (float)i;
+    for (int i = 0; i < VL_F64 * VL_F64; i++) srcd[i] = (double)i;
+    transpose_f32(src, VL_F32, dst, VL_F32);
+    transpose_f64(srcd, VL_F64, dstd, VL_F64);
+    int ok = 1;
+    for (int r = 0; r < VL_F32; r++)
+        for (int c = 0; c < VL_F32; c++) ok &= dst[c * VL_F32 + r] == src[r * VL_F32 + c];
+    check(ok, "transpose f32", "a lane in the wrong place");
+    ok = 1;
+    for (int r = 0; r < VL_F64; r++)
+        for (int c = 0; c < VL_F64; c++) ok &= dstd[c * VL_F64 + r] == srcd[r * VL_F64 + c];
+    check(ok, "transpose f64", "a lane in the wrong place");
+}
+
+static void check_exp(void)
+{
+    enum { N = 1000 };
+    static float z[N], out[N];
+    double worst = 0;
+    for (int i = 0; i < N; i++) z[i] = (float)(-100.0 * (i / (double)N));  /* 0 .. -100 */
+    double sum = exp_minus_max_f32(z, 0.0f, out, N), want = 0;
+    for (int i = 0; i < N; i++) {
+        double e = exp((double)z[i]);
+        want += e;
+        double rel = e > 1e-37 ? fabs(out[i] - e) / e : fabs(out[i] - e);
+        if (rel > worst) worst = rel;
+    }
+    check(worst < 4e-7, "exp_minus_max_f32", "more than a few ulp from exp");
+    check(fabs(sum - want) < 1e-5 * want, "exp_minus_max_f32 sum", "wrong sum");
+    check(row_max_f32(z, N) == 0.0f && row_max_f32(z + 1, N - 1) == z[1], "row_max_f32", "wrong max");
+}
+
+/* sweep.h at a batch of one: the update x_prev^T g_prev, then h = x_next @ w. */
+static void check_sweep(void)
+{
+    enum { IN = 13, OUT = 3 * VL_F32 + 5 };
+    static float w[IN * OUT], w0[IN * OUT], xp[IN], g[OUT], xn[IN], h[OUT], dx[IN];
+    for (int i = 0; i < IN * OUT; i++) w[i] = w0[i] = (float)uniform();
+    for (int i = 0; i < IN; i++) { xp[i] = (float)uniform(); xn[i] = (float)uniform(); }
+    for (int j = 0; j < OUT; j++) g[j] = (float)uniform();
+    Update u = {0};
+    u.lr = 0.1;
+    sweep_f32_rows(&u, xp, g, w, NULL, NULL, xn, h, OUT, 0, IN);
+    int ok_w = 1, ok_h = 1;
+    for (int i = 0; i < IN; i++)
+        for (int j = 0; j < OUT; j++)
+            ok_w &= fabs(w[i * OUT + j] - (w0[i * OUT + j] - 0.1 * xp[i] * g[j])) < 1e-6;
+    for (int j = 0; j < OUT; j++) {
+        double s = 0;
+        for (int i = 0; i < IN; i++) s += (double)xn[i] * w[i * OUT + j];
+        ok_h &= fabs(h[j] - s) < 1e-5;
+    }
+    check(ok_w, "sweep update (SGD)", "wrong weights");
+    check(ok_h, "sweep forward product", "wrong sums");
+    sweep_f32_backward(w, g, dx, IN, OUT);
+    int ok_dx = 1;
+    for (int i = 0; i < IN; i++) {
+        double s = 0;
+        for (int j = 0; j < OUT; j++) s += (double)w[i * OUT + j] * g[j];
+        ok_dx &= fabs(dx[i] - s) < 1e-5;
+    }
+    check(ok_dx, "sweep backward (g w^T)", "wrong sums");
+}
+
+int main(void)
+{
+    printf("path %s: %d-byte vectors, float32 tile %d x %d, float64 tile %d x %d\n",
+           KERNELS_ISA_NAME, VECTOR_BYTES, MR_F32, NR_F32, MR_F64, NR_F64);
+    check_dense_float();
+    check_dense_double();
+    check_skip_f32();
+    check_transpose();
+    check_exp();
+    check_sweep();
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed != 0;
+}
