@@ -231,7 +231,7 @@ def measure(benchmark, threads, peak, case, set_name, dtype):
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     """Record the run's settings beside the results: threads, dtypes, peak, library versions."""
-    from bench.machine import versions
+    from bench.machine import isa_paths, versions
 
     peak_path = Path(config.getoption("--bench-peak"))
     try:
@@ -244,4 +244,5 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         "peak": peak_data,
         "versions": versions(),
         "available": {**kernels.available(), C.CUDA: kernels.available("cuda")["torch"]},
+        "isa": isa_paths(),      # the instruction-set path each set ran (kernels/_isa.py)
     }

@@ -83,6 +83,21 @@ def blas() -> list[dict]:
         return []
 
 
+def isa_paths() -> dict:
+    """The instruction-set paths: the CPU's (best first), the one KERNELS_ISA forced (or None),
+    and the one each compiled set and numpy's BLAS runs here."""
+    import kernels
+    from kernels import _isa
+
+    out = {"supported": _isa.supported(), "forced": os.environ.get(_isa.ENV) or None, "sets": {}}
+    for name in ("numpy", "numba", "cython"):
+        try:
+            out["sets"][name] = kernels.get(name).isa
+        except Exception as exc:  # noqa: BLE001 - an unavailable set says why
+            out["sets"][name] = f"unavailable: {exc}"
+    return out
+
+
 def gpu() -> str | None:
     try:
         import torch
@@ -109,4 +124,5 @@ def describe() -> dict:
         "gpu": gpu(),
         "versions": versions(),
         "blas": blas(),
+        "isa": isa_paths(),
     }

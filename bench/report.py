@@ -422,6 +422,15 @@ def _save(fig, path):
 # ---------------------------------------------------------------- sections
 
 
+def isa_line(isa) -> str:
+    """Which path each compiled set ran (kernels/_isa.py), and whether KERNELS_ISA forced it."""
+    if not isa:
+        return "not recorded (a peak.json from before the per-ISA builds)"
+    runs = ", ".join(f"{name} {path}" for name, path in isa.get("sets", {}).items())
+    forced = f"forced by KERNELS_ISA={isa['forced']}" if isa.get("forced") else "the best this CPU runs"
+    return f"{runs} ({forced}; this CPU runs {', '.join(isa.get('supported', []))})"
+
+
 def machine_section(peak, res: Results):
     m = (peak or {}).get("machine", {})
     lines = ["## Machine", ""]
@@ -434,6 +443,7 @@ def machine_section(peak, res: Results):
         ("CPU", f"{m.get('cpu')} ({m.get('cores')} cores usable, {m.get('logical_cpus')} logical CPUs)"),
         ("caches", caches or "–"),
         ("SIMD", ", ".join(m.get("simd", [])) or "–"),
+        ("instruction-set path", isa_line(m.get("isa"))),
         ("GPU", m.get("gpu") or "none"),
         ("OS", m.get("os")),
         ("measured peak, float32", f"{peak['sgemm_gflops']:.1f} GFLOP/s (NumPy sgemm {peak['gemm_n']}³, {peak['threads']} threads)"),
