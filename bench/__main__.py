@@ -14,7 +14,9 @@ Steps, each in its own process so one cannot disturb the next:
    on the CPU beside them) -> bench-gpu.json;
 4. ``bench.time_to_accuracy`` (when the trainer is present) -> time_to_accuracy.json,
    ``bench.profile_step``: where a training step's time goes -> profile_step.json, and
-   ``bench.paired``: the targets' two sides timed in alternating turns -> paired.json;
+   ``bench.paired``: the targets' two sides timed in alternating turns -> paired.json, and
+   once more for each other tuned instruction-set path this CPU runs (KERNELS_ISA=avx2 on an
+   AVX-512 machine, against OpenBLAS's Haswell kernel) -> paired-<path>.json;
 5. ``bench.peak`` again: the peaks kept are the best of the two measurements, so a disturbance
    during one of them does not understate the machine;
 6. ``bench.report`` -> REPORT.md and charts/.
@@ -46,17 +48,39 @@ CPU_ENTRIES = None  # every set but the CUDA ones (selected with -k below)
 GPU_SETS = "torch-cuda,torch-autograd-cuda,torch-optim-cuda,torch-reference-cuda,torch,torch-autograd,torch-optim"
 
 
-def step(title, argv, failures, timeout=None):
-    print(f"\n=== {title}: {' '.join(argv)}", flush=True)
+def step(title, argv, failures, timeout=None, env=None):
+    shown = " ".join(f"{k}={v}" for k, v in (env or {}).items() if v is not None)
+    print(f"\n=== {title}: {shown + ' ' if shown else ''}{' '.join(argv)}", flush=True)
     t0 = time.perf_counter()
+    run_env = None
+    if env:
+        run_env = {**os.environ, **{k: v for k, v in env.items() if v is not None}}
+        for k in [k for k, v in env.items() if v is None]:
+            run_env.pop(k, None)
     try:
-        rc = subprocess.run(argv, cwd=ROOT, timeout=timeout).returncode
+        rc = subprocess.run(argv, cwd=ROOT, timeout=timeout, env=run_env).returncode
     except subprocess.TimeoutExpired:
         rc = "timeout"
     print(f"=== {title}: {'ok' if rc == 0 else f'FAILED ({rc})'} in {time.perf_counter() - t0:.0f} s", flush=True)
     if rc != 0:
         failures.append(title)
     return rc
+
+
+# OpenBLAS's kernel that matches each path, so that a forced path is measured against its peer
+# (threadpoolctl then reports it, and the report says which ran); None: OpenBLAS's own choice.
+OPENBLAS_CORE = {"avx2": "Haswell", "avx512": "SkylakeX", "neon": None}
+
+
+def other_paths():
+    """[(path, env)]: the tuned paths this CPU runs besides its best one (not generic, the
+    fallback), each with KERNELS_ISA forcing it and OpenBLAS's matching kernel."""
+    from kernels import _isa
+
+    if os.environ.get(_isa.ENV):
+        return []   # a forced run measures that path only
+    return [(p, {_isa.ENV: p, "OPENBLAS_CORETYPE": OPENBLAS_CORE.get(p), "OPENBLAS_L2_SIZE": None})
+            for p in _isa.supported()[1:] if p != "generic"]
 
 
 def trim_benchmark_json(path: Path) -> None:
@@ -97,7 +121,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="short timings and small peak problems: a smoke test")
     parser.add_argument("--dtypes", default="float32", help="comma-separated (default float32)")
     parser.add_argument("--skip", default="",
-                        help="comma-separated steps to skip: peak,first_call,bench,gpu,tta,profile,paired,report")
+                        help="comma-separated steps to skip: peak,first_call,bench,gpu,tta,profile,paired,paths,report")
     args = parser.parse_args(argv)
 
     import kernels
@@ -146,6 +170,11 @@ def main(argv=None):
     if "paired" not in skip:
         step("targets in alternating turns", [py, "-m", "bench.paired", "--threads", str(threads),
                                               "--out", str(out / "paired.json")] + quick, failures)
+    if "paths" not in skip:
+        for path, env in other_paths():
+            step(f"targets in alternating turns, {path} path", [py, "-m", "bench.paired", "--threads", str(threads),
+                                                              "--out", str(out / f"paired-{path}.json")] + quick,
+                 failures, env=env)
     if "peak" not in skip:
         step("peak (after)", [py, "-m", "bench.peak", "--threads", str(threads), "--out", str(out / "peak-after.json")]
              + quick, failures)

@@ -21,6 +21,8 @@ the pool again, whose threads went to sleep.
 The pairs (``value`` is what the target is stated in):
 
 * ``matmul-2048``: numpy's 2048³ time / the set's (speed-up, ≥ 0.9 best, ≥ 0.6 each);
+* ``shapes``: numpy's time / the set's for each of the MLP's 24 products (bench.cases'
+  mlp_matmul_cases), quoted as their geometric mean (≥ 1.0 best);
 * ``relu``, ``relu_backward`` at 4096×1000: the op's bytes per second / a copy's, the copy
   over the same arrays (its input into its output), split over the threads as bench.peak
   splits its copy (fraction of the copy bandwidth, ≥ 0.8);
@@ -28,7 +30,9 @@ The pairs (``value`` is what the target is stated in):
   128 and 512 (cost of the fused epilogue, ≤ 1.05 as a geometric mean);
 * ``softmax_cross_entropy`` at 128×10 and 4096×1000: F.cross_entropy + backward / the set's;
 * ``epoch-b128``, ``epoch-b1``: numpy's epoch / the set's, as bench_train times them (60,000
-  samples at batch 128, ``BATCH1_STEPS`` steps at batch 1).
+  samples at batch 128, ``BATCH1_STEPS`` steps at batch 1);
+* ``perop-b128``: the user's own loop, op by op through the interface (nn.model.MLP's
+  train_step after the batch's gather), numpy's / the set's, ``PEROP_STEPS`` steps at batch 128.
 
 Run as part of ``python -m bench``, after the suite; bench.report puts these figures beside the
 suite's in its targets table.
@@ -60,7 +64,9 @@ PAIRED_SETS = C.COMPILED_SETS + ("torch",)
 # Rounds per pair, by the part of its key before "-": more for the short calls, whose turns are
 # milliseconds, fewer for the epochs, whose turns are most of a second (9 rather than 5: at 5 the
 # middle half of the batch-128 epoch's rounds spanned 1.61-2.10, too wide for a target at 2).
-ROUNDS = {"matmul": 9, "relu": 21, "relu_backward": 21, "epilogue": 15, "softmax_cross_entropy": 15, "epoch": 9}
+ROUNDS = {"matmul": 9, "shapes": 7, "relu": 21, "relu_backward": 21, "epilogue": 15, "softmax_cross_entropy": 15, "epoch": 9,
+          "perop": 9}
+PEROP_STEPS = 100   # steps a turn of the per-op loop pair takes (12,800 samples at batch 128)
 
 
 @dataclass
@@ -132,6 +138,19 @@ def pairs(sets, threads, quick=False):
                Side("numpy", lambda o=operands["numpy"]: numpy_ks.matmul(o[0], o[1], out=o[2]), "numpy"),
                Side(s, lambda o=operands[s]: ks.matmul(o[0], o[1], out=o[2]), s), 1.0)
 
+        # the MLP's own products (a step's forward, x^T g and g w^T at batch 32, 128, 512)
+        for c in C.mlp_matmul_cases():
+            if quick and c.params["batch"] != 32:
+                continue
+            p = c.params
+            mm = {name: matmul_operands(k, c, f32) for name, k in (("numpy", numpy_ks), (s, ks))}
+
+            def call(k, o, p=p):
+                return lambda: k.matmul(o[0], o[1], trans_a=p["trans_a"], trans_b=p["trans_b"], out=o[2])
+
+            yield ("shapes", s, f"matmul {c.label}: numpy / {s}", Side("numpy", call(numpy_ks, mm["numpy"]), "numpy"),
+                   Side(s, call(ks, mm[s]), s), 1.0)
+
         # the op's bytes over the copy's: the copy reads one array and writes one
         size = "512x784" if quick else "4096x1000"
         for c in C.elementwise_cases("relu") + C.elementwise_cases("relu_backward"):
@@ -168,6 +187,7 @@ def pairs(sets, threads, quick=False):
                    Side(s, lambda lg=logits, t=target, g=grad: ks.softmax_cross_entropy(lg, t, out=g), s), 1.0)
 
     yield from _epoch_pairs(sets, threads, quick)
+    yield from _perop_pairs(sets, threads, quick)
 
 
 def _epoch_pairs(sets, threads, quick):
@@ -193,6 +213,38 @@ def _epoch_pairs(sets, threads, quick):
                    Side(s, epochs[s][0], s, epochs[s][1]), 1.0)
 
 
+def _perop_pairs(sets, threads, quick):
+    """The user's own training loop at batch 128, op by op through the interface
+    (nn.model.MLP.train_step: linear, softmax_cross_entropy, linear_backward, sgd_step, and the
+    batch's gather), on each set against the same loop on numpy."""
+    import kernels
+    from bench.train_common import SIZES, dataset, initial_params
+    from nn.model import MLP, Batches, Optimizer
+
+    data, batch = dataset(), 128
+    samples = 3 * batch if quick else PEROP_STEPS * batch
+    order = np.random.default_rng(2).permutation(len(data.y_train))[:samples]
+    loops = {}
+    for name in ("numpy",) + tuple(sets):
+        ks = kernels.get(name, threads=threads)
+        model = MLP(ks, SIZES, initial_params())
+        opt = Optimizer(ks, model.params, "sgd", lr=0.05)
+        batches = Batches(ks, data.x_train, data.y_train)
+        buf = model.buffers(batch)
+        native = batches.order(order)
+
+        def loop(steps, model=model, opt=opt, batches=batches, buf=buf, native=native):
+            for k in range(steps):
+                batches.gather(native[k * batch:(k + 1) * batch], buf)
+                model.train_step(buf, opt)
+
+        loops[name] = (lambda loop=loop: loop(samples // batch), lambda loop=loop: loop(3))
+    for s in sets:
+        yield ("perop-b128", s, f"the user's per-op loop at batch 128 ({samples:,} samples): numpy / {s}",
+               Side("numpy", loops["numpy"][0], "numpy", loops["numpy"][1]),
+               Side(s, loops[s][0], s, loops[s][1]), 1.0)
+
+
 def measure(sets=C.COMPILED_SETS, threads=None, quick=False, log=print, settle=SETTLE_S) -> dict:
     import kernels
 
@@ -207,21 +259,27 @@ def measure(sets=C.COMPILED_SETS, threads=None, quick=False, log=print, settle=S
         rows.append(row)
         log(f"{what:70s} {row['value']:8.3f}  ({a.label} {row['a_s'] * 1e6:10.1f} us, "
             f"{b.label} {row['b_s'] * 1e6:10.1f} us, {rounds} rounds)", flush=True)
-    return {"threads": threads, "quick": quick, "min_turn_s": MIN_TURN_S, "settle_s": settle,
+    isa = {name: kernels.get(name).isa for name in ("numpy",) + tuple(sets)}
+    return {"threads": threads, "quick": quick, "min_turn_s": MIN_TURN_S, "settle_s": settle, "isa": isa,
             "seconds": time.perf_counter() - t_start,
             "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "rows": rows}
 
 
+# Pairs measured at several shapes, quoted as one geometric mean.
+GEOMEAN_KEYS = ("epilogue", "shapes")
+
+
 def summary(paired) -> dict:
-    """{(key, set): value} with the epilogue's shapes folded into their geometric mean."""
-    out, costs = {}, {}
+    """{(key, set): value} with the epilogue's and the MLP products' shapes each folded into
+    their geometric mean."""
+    out, folded = {}, {}
     for row in (paired or {}).get("rows", []):
-        if row["key"] == "epilogue":
-            costs.setdefault(row["set"], []).append(row["value"])
+        if row["key"] in GEOMEAN_KEYS:
+            folded.setdefault((row["key"], row["set"]), []).append(row["value"])
         else:
             out[(row["key"], row["set"])] = row["value"]
-    for s, vals in costs.items():
-        out[("epilogue", s)] = statistics.geometric_mean(vals)
+    for key, vals in folded.items():
+        out[key] = statistics.geometric_mean(vals)
     return out
 
 

@@ -309,6 +309,61 @@ def paired_section(paired):
     ] + ([_COPY_NOTE, ""] if any(r["key"] == "relu" and r["value"] > 1 for r in paired["rows"]) else []))
 
 
+# The targets judged on each instruction-set path (issue 14's list): (key in bench.paired's
+# summary, what, threshold, of the best compiled set or of each).
+PATH_TARGETS = [
+    ("matmul-2048", "matmul 2048³ vs OpenBLAS", 0.9, "best"),
+    ("matmul-2048", "matmul 2048³ vs OpenBLAS", 0.6, "each"),
+    ("shapes", "matmul at the MLP's 24 shapes, geomean vs OpenBLAS", 1.0, "best"),
+    ("epoch-b128", "train_steps epoch at batch 128 vs the numpy set", 2.0, "best"),
+    ("epoch-b1", "train_steps at batch 1 vs the numpy set", 20.0, "best"),
+    ("perop-b128", "the user's per-op loop at batch 128 vs the same loop on numpy", 1.3, "best"),
+    ("softmax_cross_entropy-128x10", "softmax-CE 128×10 vs torch", 10.0, "best"),
+    ("softmax_cross_entropy-4096x1000", "softmax-CE 4096×1000 vs torch", 2.0, "best"),
+]
+
+
+def paths_section(results_dir: Path, paired):
+    """The targets on each instruction-set path side by side: paired.json (the CPU's best path)
+    and paired-<path>.json (another path, forced by KERNELS_ISA against OpenBLAS's matching
+    kernel)."""
+    runs = [("best", paired)] + [(p.stem.split("-", 1)[1], _load_json(p))
+                                 for p in sorted(results_dir.glob("paired-*.json"))]
+    runs = [(name, run) for name, run in runs if run and run.get("rows")]
+    if len(runs) < 2:
+        return ""
+    heads, cols = [], []
+    for name, run in runs:
+        isa = run.get("isa", {})
+        sets = [s for s in C.COMPILED_SETS if s in isa]
+        path = next((isa[s] for s in sets if isa.get(s)), name)
+        heads.append(f"{path} path (numpy: {isa.get('numpy', '?')})")
+        cols.append((paired_summary(run), sets))
+    rows = []
+    for key, what, threshold, which in PATH_TARGETS:
+        cells = []
+        for values, sets in cols:
+            got = {s: values[(key, s)] for s in sets if (key, s) in values}
+            if not got:
+                cells.append("–")
+            elif which == "best":
+                s, v = max(got.items(), key=lambda kv: kv[1])
+                cells.append(f"{v:.2f} ({s}) {'met' if v >= threshold else '**not met**'}")
+            else:
+                cells.append(", ".join(f"{s} {v:.2f}{'' if v >= threshold else ' **not met**'}" for s, v in got.items()))
+        rows.append((what + (", each set" if which == "each" else ", best set"), f"≥ {threshold:g}", *cells))
+    return "\n".join([
+        "## Per instruction-set path", "",
+        "The same targets on each path this CPU runs, each timed in alternating turns (`bench.paired`) against "
+        "OpenBLAS's kernel for that path: the best path as the CPU chose it, and the others forced with "
+        "`KERNELS_ISA=<path> OPENBLAS_CORETYPE=<its kernel>` (threadpoolctl's report of the kernel that ran is in "
+        "each column's head). The compiled sets carry one build per path (`kernels/_cython/isa/<path>.h`, "
+        "numba's `TILES`), so the forced path runs the same code an AVX2-only CPU would; the CPU's caches and "
+        "clock stay this machine's.", "",
+        table(["target", "threshold"] + heads, rows), "",
+    ])
+
+
 # Why a single pass can outrun the copy it is measured against (bench.peak's and bench.paired's
 # copy is np.copyto, which is glibc's memmove).
 _COPY_NOTE = (
@@ -930,6 +985,7 @@ def write_report(results_dir: Path) -> Path:
         "of (−) the threshold. Where `bench.paired` timed a target's two sides in alternating turns, that figure "
         "is the one judged and the suite's is in the note (next section).", "",
         table(["target", "measured", "threshold", "", "margin", "note"], targets), "",
+        paths_section(results_dir, paired),
         paired_section(paired),
         profile_section(prof, peak),
         analysis(res, peak, fc, tta, paired),
