@@ -248,6 +248,22 @@ UKR(ukr_double_r1, double, vf64, vi64, VL_F64, 1, NR_F64, 4)
  *       zero, for A = x (the forward product x @ w): a flag per column, in a loop that
  *       vectorises, then the flags compacted into the list in place. */
 #define SKIP_PREFETCH 8
+/* A skip tile's k step: its MR values of A broadcast first, then B a vector at a time, each
+ * used by every row as it is loaded (or read by the FMA from memory). TILE_STEP's order
+ * (all of B's row, then a row of A at a time) held 4 vectors of B at once, and in 16 ymm
+ * registers the avx2 path's 12 accumulators then spilled one to the stack every step. The
+ * same FMAs on the same accumulators: the same sums, bit for bit. */
+#define SKIP_STEP(T, V, VL, MR, NR, ACC, P, A_AT)                                          \
+    do {                                                                                  \
+        T as[MR];                                                                         \
+        UNROLL for (int i = 0; i < MR; ++i)                                               \
+            as[i] = A_AT(i, (P));                                                         \
+        UNROLL for (int v = 0; v < NR / VL; ++v) {                                        \
+            const V bv = *(const V *)(b + (P) * rsb + v * VL);                            \
+            UNROLL for (int i = 0; i < MR; ++i)                                           \
+                ACC[i][v] += as[i] * bv;                                                  \
+        }                                                                                 \
+    } while (0)
 #define SKIP_TILE(T, V, VI, VL, MR, NR, A_AT, C_ROW)                                       \
     do {                                                                                  \
         V acc[MR][NR / VL];                                                               \
@@ -259,7 +275,7 @@ UKR(ukr_double_r1, double, vf64, vi64, VL_F64, 1, NR_F64, 4)
             if (q + SKIP_PREFETCH < nk)                                                   \
                 for (int l = 0; l < NR * (int)sizeof(T); l += 64)                         \
                     __builtin_prefetch((const char *)(b + idx[q + SKIP_PREFETCH] * rsb) + l); \
-            TILE_STEP(T, V, VL, MR, NR, acc, p, A_AT);                                    \
+            SKIP_STEP(T, V, VL, MR, NR, acc, p, A_AT);                                    \
         }                                                                                 \
         TILE_EPILOGUE(V, VI, VL, MR, NR, acc, C_ROW);                                     \
     } while (0)
