@@ -169,6 +169,12 @@ NAME##_strided(long kc, const T *restrict a, long rsa, long csa,                
                int accumulate, const T *restrict bias, int relu)                          \
 {                                                                                         \
     V acc[KU][MR][NR / VL];                                                               \
+    /* C's rows are needed only after the k loop: ask for their lines now (BLIS's kernels */ \
+    /* do), so that a tile's loads and stores of C do not wait on misses at the end. */    \
+    UNROLL for (int i = 0; i < MR; ++i) {                                                 \
+        __builtin_prefetch(c + i * ldc, 1);                                               \
+        __builtin_prefetch(c + i * ldc + NR - 1, 1);                                      \
+    }                                                                                     \
     UNROLL for (int u = 0; u < KU; ++u)                                                          \
         UNROLL for (int i = 0; i < MR; ++i)                                                      \
             for (int v = 0; v < NR / VL; ++v)                                             \
