@@ -27,7 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "isa.h"
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -366,8 +366,9 @@ UKR_SKIP(ukr_double_skip, double, unsigned long long, vf64, vi64, VL_F64, SKIP_M
  *   skip_cols_f32(rows, k, idx): the columns p < k at which the rows rows[i] are not all
  *       zero (the forward product's list, as ukr_float_skip_cols);
  *   skip_masks_f32(x, ldx, batch, width, masks): masks[p] bit j set when x[p * ldx + j] is
- *       not zero, for j < width <= 32 (without AVX-512 only the first bit of each group,
- *       set when one of its columns is not zero): the nonzero pattern of a sample's next 32
+ *       not zero, for j < width <= 32 (AVX-512: 16 columns a test, AVX2: 8 a compare and
+ *       movemask; otherwise only the first bit of each group, set when one of its columns is
+ *       not zero): the nonzero pattern of a sample's next 32
  *       pixels, read once for the lists of the strips of x^T g that cover them;
  *   skip_samples_f32(masks, batch, group, idx): the samples p whose masks[p] has a bit of
  *       group set (one strip's list of x^T g, as ukr_float_skip_rows). */
@@ -418,6 +419,22 @@ static inline void skip_masks_f32(const float *restrict x, long ldx, long batch,
         const unsigned b = _mm512_test_epi32_mask(_mm512_maskz_loadu_epi32(hi, row + 16),
                                                   magnitude);
         masks[p] = a | b << 16;
+    }
+#elif defined(__AVX2__)                 /* 8 columns a compare, their signs gathered by */
+    const __m256i magnitude = _mm256_set1_epi32(SKIP_MAGNITUDE_F32);   /* movemask */
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), zero = _mm256_setzero_si256();
+    __m256i in_row[4];                  /* the lanes under width: maskload reads no others */
+    for (int q = 0; q < 4; ++q)
+        in_row[q] = _mm256_cmpgt_epi32(_mm256_set1_epi32(width - 8 * q), lane);
+    for (long p = 0; p < batch; ++p) {
+        const float *row = x + p * ldx;
+        unsigned m = 0;
+        for (int q = 0; q < 4 && 8 * q < width; ++q) {
+            const __m256i v = _mm256_castps_si256(_mm256_maskload_ps(row + 8 * q, in_row[q]));
+            const __m256i is_zero = _mm256_cmpeq_epi32(_mm256_and_si256(v, magnitude), zero);
+            m |= (unsigned)(~_mm256_movemask_ps(_mm256_castsi256_ps(is_zero)) & 0xff) << (8 * q);
+        }
+        masks[p] = m & (width >= 32 ? ~0u : (1u << width) - 1);
     }
 #else                                   /* one bit per group: a bit per column costs more */
     for (long p = 0; p < batch; ++p) {  /* than it saves without vectors */

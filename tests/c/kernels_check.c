@@ -134,6 +134,34 @@ static void check_skip_f32(void)
     check(nk == K - (K + 2) / 3, "f32 skip masks", "the masks keep a sample that is all zero");
 }
 
+/* The sample masks of x^T g over a strip group's 32 columns (or fewer at the end of x): for
+ * every group of SKIP_MR_F32 columns, the samples listed are those with a nonzero value in it. */
+static void check_skip_masks_f32(void)
+{
+    enum { K = 45, W = 32 };
+    static float x[K * W];
+    static int idx[K];
+    static unsigned masks[K];
+    char what[96];
+    for (int p = 0; p < K; p++)
+        for (int j = 0; j < W; j++)       /* mostly zero, so that many groups are all zero */
+            x[p * W + j] = uniform() > 0.6 ? (float)uniform() : (p % 2 ? 0.0f : -0.0f);
+    for (int width = W; width >= 5; width -= 9) {
+        skip_masks_f32(x, W, K, width, masks);
+        for (int j = 0; j + SKIP_MR_F32 <= width; j += SKIP_MR_F32) {
+            long nk = skip_samples_f32(masks, K, ((1u << SKIP_MR_F32) - 1) << j, idx), want = 0;
+            int ok = 1;
+            for (int p = 0; p < K; p++) {
+                int any = 0;
+                for (int i = j; i < j + SKIP_MR_F32; i++) any |= x[p * W + i] != 0.0f;
+                if (any) ok &= want < nk && idx[want++] == p;
+            }
+            snprintf(what, sizeof what, "f32 skip masks width %d, group at column %d", width, j);
+            check(ok && nk == want, what, "a sample listed or left out wrongly");
+        }
+    }
+}
+
 static void check_transpose(void)
 {
     float src[VL_F32 * VL_F32], dst[VL_F32 * VL_F32];
@@ -209,6 +237,7 @@ int main(void)
     check_dense_float();
     check_dense_double();
     check_skip_f32();
+    check_skip_masks_f32();
     check_transpose();
     check_exp();
     check_sweep();
