@@ -62,7 +62,9 @@ Design note
   Python wrappers exist only where the protocol passes None (linear_backward's grad_x, sgd's
   velocity) or lists (train_steps), and for the thread count and scratch memory.
 * No allocation per call: packing buffers and other scratch come from arrays that persist
-  between calls and only grow (``_scratch_for``), passed down by the Python wrappers.
+  between calls and only grow (``_scratch_for``), passed down by the Python wrappers. They are
+  per Python thread: Numba releases the GIL in its parallel regions, so calls from several
+  threads overlap, each with its own buffers, and each gets its single-threaded answer.
 * train_steps is kernels/_steps.py's per_op compiled: one jitted loop over the steps calls the
   kernels above directly, with no Python between ops and no allocation inside the loop.
 * Kernels receive checked, C-contiguous arrays (kernels/_front.py); no bounds checks. Loss,
@@ -70,6 +72,7 @@ Design note
 """
 
 import math
+import threading
 from collections import OrderedDict
 
 from . import _isa
@@ -592,21 +595,32 @@ def _gemm(a, b, c, trans_a, trans_b, bias, relu, threads, work):
 
 # ---------------------------------------------------------------- scratch memory
 #
-# The packing buffers (and linear_backward's masked gradient) come from flat arrays that
-# persist between calls and only grow. Allocating them per call cost more than the work at
-# small sizes: a large np.empty is an mmap, so every call paid its page faults and zeroing
-# (an epoch at batch 128 ran at half the speed with glibc's mmap threshold at 128 KiB). The
-# Python wrappers grow them and pass them down. The jitted code holds the GIL (no nogil), so
-# one scratch array per use is race-free; each matmul task gets its own slice of it.
+# The packing buffers (and linear_backward's masked gradient, train_steps' float64 sums) come
+# from flat arrays that persist between calls and only grow. Allocating them per call cost more
+# than the work at small sizes: a large np.empty is an mmap, so every call paid its page faults
+# and zeroing (an epoch at batch 128 ran at half the speed with glibc's mmap threshold at 128
+# KiB). The Python wrappers grow them and pass them down; each matmul task gets its own slice.
+#
+# They are per Python thread (threading.local). The jitted code holds the GIL, except inside
+# its parallel regions (the matmul's tasks, the large elementwise ops, softmax over 4096 rows
+# and more, the batch gather), where Numba releases it; so calls from two Python threads do
+# overlap there, and one scratch array shared between them gave wrong answers (up to 90
+# absolute on a 300^3 linear_backward; tests/test_threads.py). Per thread, no call ever sees
+# another's buffers, and no lock serialises them. The cost: each thread that calls the set keeps
+# its own buffers (a few MiB at the MLP's sizes) until it ends.
 
-_scratch = {}   # (use, dtype) -> flat array
+_scratch = threading.local()   # .arrays: (use, dtype) -> flat array, for this thread
 
 
 def _scratch_for(use, dtype, size):
-    # A flat array of at least size elements, reused from the last call when large enough
-    a = _scratch.get((use, dtype))
+    # A flat array of at least size elements, this thread's, reused from its last call when
+    # large enough
+    arrays = getattr(_scratch, "arrays", None)
+    if arrays is None:
+        arrays = _scratch.arrays = {}
+    a = arrays.get((use, dtype))
     if a is None or a.size < size:
-        a = _scratch[use, dtype] = np.empty(size, dtype)
+        a = arrays[use, dtype] = np.empty(size, dtype)
     return a
 
 
