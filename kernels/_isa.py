@@ -101,3 +101,99 @@ def selected() -> str:
     if reason is not None:
         raise ValueError(reason)
     return requested() or supported()[0]
+
+
+# ---------------------------------------------------------------- Numba's target
+#
+# Numba compiles for the CPU named by NUMBA_CPU_NAME with the features in NUMBA_CPU_FEATURES;
+# either unset means the host's. NUMBA_CPU_NAME alone changes only the tuning: numba 0.68's
+# CPUCodegen._get_host_cpu_features returns the host's features whenever NUMBA_CPU_FEATURES is
+# unset, so NUMBA_CPU_NAME=haswell on an AVX-512 machine still compiles AVX-512 code. A forced
+# path therefore sets both, and the numba set reads its path from the features Numba will
+# really compile with, never from the CPU name.
+
+# path -> {architecture: (NUMBA_CPU_NAME, NUMBA_CPU_FEATURES)}, for a path below the host's best
+# (the best path needs nothing: Numba compiles for the host). "-avx512f" also turns off every
+# AVX-512 extension (each implies F), and an explicit list keeps the host's AVX10, AMX-AVX512
+# and the like out; "" is the architecture's baseline (SSE2 on x86-64).
+NUMBA_TARGETS = {
+    "avx2": {"x86_64": ("haswell", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+lzcnt,+movbe,+popcnt,-avx512f")},
+    "generic": {"x86_64": ("x86-64", ""), "aarch64": ("generic", "")},
+}
+NUMBA_ENV = ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES")
+
+
+class NumbaTargetError(ImportError):
+    """Numba cannot compile for the path asked for in this process; kernels_hint says why and
+    what to do (kernels.available() reports it for the Numba sets)."""
+
+    def __init__(self, hint: str):
+        super().__init__(hint)
+        self.kernels_hint = hint
+
+
+def feature_set(flat: str) -> frozenset[str]:
+    """The features a flat LLVM feature string ("+avx2,+fma,-avx512f") turns on."""
+    return frozenset(f[1:] for f in flat.split(",") if f.startswith("+"))
+
+
+def _numba_compiles_for() -> tuple[str, frozenset[str], str]:
+    """(CPU name, features, where they come from) of the code Numba compiles in this process.
+
+    Once Numba has compiled anything, its target machine is fixed for the process: those
+    features are what every later compilation gets, whatever the environment says since.
+    """
+    from numba.core import codegen, config, registry
+
+    if "_toplevel_target_context" in vars(registry.cpu_target):   # Numba's target is built
+        cg = registry.cpu_target.target_context.codegen()
+        return cg._get_host_cpu_name(), feature_set(cg._tm_features), "Numba's target, already built in this process"
+    config.reload_config()    # the environment as it is now (what Numba will read, too)
+    name = config.CPU_NAME or "host"
+    if config.CPU_FEATURES is not None:
+        return name, feature_set(config.CPU_FEATURES), "NUMBA_CPU_FEATURES"
+    found = set(feature_set(codegen.get_host_cpu_features()))   # honours NUMBA_ENABLE_AVX=0
+    if machine() == "aarch64":
+        found.add("neon")
+    return name, frozenset(found), "the host (NUMBA_CPU_FEATURES unset)"
+
+
+def configure_numba() -> str:
+    """Point Numba at the path KERNELS_ISA asks for and return the path Numba compiles for.
+
+    Call before the first jitted function compiles (kernels/numba_set.py and numba_naive.py
+    call it before importing numba). For a forced path below the host's best it sets
+    NUMBA_CPU_NAME and NUMBA_CPU_FEATURES (NUMBA_TARGETS) in os.environ, process-wide, so
+    every Numba function compiled afterwards in this process, and in its child processes,
+    targets that path too. Without KERNELS_ISA, the path is whatever Numba's features give
+    (the host's, or the user's own NUMBA_CPU_FEATURES).
+
+    NumbaTargetError (an ImportError, so kernels.available() gives the reason) if KERNELS_ISA
+    names no path or one this CPU lacks, if the user's NUMBA_CPU_* give another path than
+    KERNELS_ISA asks for, if Numba has already compiled code in this process for another path
+    (its target machine cannot change then: set KERNELS_ISA before the first use of Numba), or
+    if Numba's features ask for instructions this CPU lacks (that would be SIGILL later).
+    """
+    reason = problem()
+    if reason is not None:
+        raise NumbaTargetError(reason)
+    want = requested()
+    if want is not None and want != supported()[0]:
+        target = NUMBA_TARGETS.get(want, {}).get(machine())
+        if target is None:
+            raise NumbaTargetError(f"{ENV}={want}: the numba sets have no {machine()} target for it")
+        if not any(name in os.environ for name in NUMBA_ENV):   # the user's own settings win
+            os.environ.update(zip(NUMBA_ENV, target))
+    cpu, features, source = _numba_compiles_for()
+    runs = supported(features)[0]
+    if runs not in supported():
+        raise NumbaTargetError(
+            f"Numba compiles for {describe(runs)} (features from {source}), which this CPU cannot run "
+            f"(it runs {', '.join(supported())}); unset NUMBA_CPU_NAME / NUMBA_CPU_FEATURES")
+    if want is not None and runs != want:
+        settings = ", ".join(f"{n}={os.environ[n]!r}" for n in NUMBA_ENV if n in os.environ) or "nothing set"
+        raise NumbaTargetError(
+            f"{ENV}={want} but Numba compiles for {describe(runs)} (cpu {cpu!r}, features from {source}; "
+            f"{settings}): set {ENV} before Numba first compiles in this process, and leave "
+            f"NUMBA_CPU_NAME / NUMBA_CPU_FEATURES unset (or make them agree)")
+    return runs

@@ -17,7 +17,12 @@ Design note
 import math
 
 import numpy as np
-from numba import njit, set_num_threads
+
+from . import _isa
+
+_isa.configure_numba()   # before anything compiles: the path KERNELS_ISA forces, for every Numba set
+
+from numba import njit, set_num_threads  # noqa: E402
 
 THREADS_KEY = "numba"
 

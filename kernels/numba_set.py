@@ -10,14 +10,23 @@ Design note
   MR x NR register-blocked micro-kernel, one packing function per operand that absorbs
   trans_a / trans_b (no transposed copies), edges through one masked path (the micro-kernel
   always computes a full MR x NR tile into a small buffer; the epilogue writes the valid part).
+* One table of constants per instruction-set path (``TILES``: avx512, avx2, neon, generic;
+  BLIS's config/<arch>): the vector width, the MR x NR register tile and the cache blocks. The
+  path is the one Numba compiles for (``kernels._isa.configure_numba``: the host's best, or
+  KERNELS_ISA's, which sets NUMBA_CPU_NAME and NUMBA_CPU_FEATURES before anything compiles, or
+  the user's own NUMBA_CPU_FEATURES), read once at import; ``isa()`` returns it. The constants
+  are compiled in, and Numba's cache keys each entry on the target's CPU name and features, from
+  which the path follows, so cached code never meets another path's tile.
 * The micro-kernel is an ``@intrinsic`` that emits LLVM IR with explicit vectors: MR x NR/W
-  accumulators (W = 64 bytes / itemsize, one zmm register) held in SSA values across the k
-  loop, one broadcast of A per row and one ``llvm.fma`` per accumulator: 24 ``vfmadd231ps``
-  on zmm registers per k step, no spills (checked with ``inspect_asm``). Written as plain
-  Python loops the same kernel is fully unrolled by LLVM before its loop vectoriser runs, and
-  Numba leaves the SLP vectoriser off, so the unrolled code stays scalar (5 GFLOP/s measured);
-  the intrinsic runs at the FMA units' peak (113 GFLOP/s per core, float32). A half-width
-  variant (one zmm per row) takes narrow edge panels (n % NR <= NR/2, n = 10 logits).
+  accumulators (W lanes: one vector register of the path) held in SSA values across the k
+  loop, one broadcast of A per row and one ``llvm.fmuladd`` per accumulator: on avx512 24
+  ``vfmadd231ps`` on zmm registers per k step, on avx2 12 on ymm, on generic (SSE2, no FMA) 8
+  mulps + addps on xmm; no spills in the loop (tests/test_numba_internals.py checks the asm).
+  Written as plain Python loops the same kernel is fully unrolled by LLVM before its loop
+  vectoriser runs, and Numba leaves the SLP vectoriser off, so the unrolled code stays scalar
+  (5 GFLOP/s measured); the intrinsic runs at the FMA units' peak (113 GFLOP/s per core,
+  float32, Zen 4). A half-width variant (half the vector registers per row) takes narrow edge
+  panels (n % NR <= that width, n = 10 logits on avx512).
 * The epilogue (bias, ReLU, accumulate-into-C across k blocks) is applied while the tile is
   in L1, so linear's bias and ReLU cost no second pass over the output.
 * Packing and the epilogue index flat arrays with unsigned indices (``U``): Numba's
@@ -53,7 +62,9 @@ Design note
   Python wrappers exist only where the protocol passes None (linear_backward's grad_x, sgd's
   velocity) or lists (train_steps), and for the thread count and scratch memory.
 * No allocation per call: packing buffers and other scratch come from arrays that persist
-  between calls and only grow (``_scratch_for``), passed down by the Python wrappers.
+  between calls and only grow (``_scratch_for``), passed down by the Python wrappers. They are
+  per Python thread: Numba releases the GIL in its parallel regions, so calls from several
+  threads overlap, each with its own buffers, and each gets its single-threaded answer.
 * train_steps is kernels/_steps.py's per_op compiled: one jitted loop over the steps calls the
   kernels above directly, with no Python between ops and no allocation inside the loop.
 * Kernels receive checked, C-contiguous arrays (kernels/_front.py); no bounds checks. Loss,
@@ -61,15 +72,22 @@ Design note
 """
 
 import math
+import threading
 from collections import OrderedDict
 
-import numpy as np
-from llvmlite import ir
-from numba import get_num_threads, njit, prange, set_num_threads, types
-from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from . import _isa
 
-from . import numba_naive
+# The path Numba compiles for, settled before anything compiles: a forced KERNELS_ISA sets
+# NUMBA_CPU_NAME / NUMBA_CPU_FEATURES (see kernels._isa.configure_numba).
+_ISA_PATH = _isa.configure_numba()
+
+import numpy as np  # noqa: E402
+from llvmlite import ir  # noqa: E402
+from numba import get_num_threads, njit, prange, set_num_threads, types  # noqa: E402
+from numba.core import cgutils  # noqa: E402
+from numba.extending import intrinsic, overload  # noqa: E402
+
+from . import numba_naive  # noqa: E402
 
 THREADS_KEY = "numba"
 CHECKS_LABELS = True   # softmax_cross_entropy checks the label range itself (-1 if one is out)
@@ -80,32 +98,65 @@ def set_threads(n):
     _threads[0] = n
 
 
-# ---------------------------------------------------------------- matmul: blocking constants
+# ---------------------------------------------------------------- matmul: blocking, per ISA path
 #
-# This CPU: AMD EPYC (Zen 4), AVX-512 and FMA, 32 zmm registers; L1d 32 KiB and L2 1 MiB per
-# core, L3 32 MiB shared; 2 cores. One 512-bit FMA retires per cycle (two 256-bit pipes), with
-# a latency of 4, so the micro-kernel needs >= 8 independent accumulators; 24 measured best.
+# One entry per instruction-set path (kernels._isa; BLIS's config/<arch>): the vector width,
+# the register tile and the cache blocks. PATH is the path Numba compiles for in this process
+# (the host's best, KERNELS_ISA's, or the user's NUMBA_CPU_FEATURES'), read once at import; the
+# constants below are baked into the machine code as it compiles. Numba's on-disk cache keys
+# every entry on the target's CPU name and features, and PATH is a function of those features,
+# so a cached entry is always used with the tile it was compiled for.
 #
-#   MR x NR  register tile: MR = 12 rows x NR = 2 zmm (32 float32 / 16 float64 columns)
-#            = 24 accumulators + 2 registers of B + 1 broadcast of A, within the 32 zmm.
-#            Measured per core, float32: 12x32 111, 6x64 113, 8x32 85, 16x16 77 GFLOP/s.
+#   vector   bytes in one vector register: the micro-kernel's accumulators are that wide
+#   MR x NR  register tile: MR rows x NR columns (NR / lanes vector registers per row), so
+#            MR * NR / lanes accumulators, NR / lanes registers of B and one broadcast of A
+#            live across the k loop; all within the register file, no spills (inspect_asm).
+#            The FMA latency (4-5) times the FMA ports (2) needs >= 8-10 accumulators.
 #   KC       depth of a k block. Each k block reads and writes all of C once more, so KC is as
-#            deep as the caches allow: the A micro-panel (MR * KC * itemsize = 24 KiB float32,
-#            48 KiB float64) is what loop 1 streams, the B micro-panel (KC * NR * itemsize =
-#            64 KiB) is reused by every A micro-panel from L2, and the tile from L1. Measured,
-#            single thread, float32 2048^3: KC = 128 79, 256 90, 512 102 GF/s; float64 KC = 128
-#            38, 512 49 GF/s (the C passes cost more than an L1-resident B micro-panel saves).
-#            float32: 512; float64: 512.
-#   MC       rows of the packed A block, which stays in the 1 MiB L2 beside the B micro-panel:
-#            float32 384 * 512 * 4 = 768 KiB; float64 192 * 512 * 8 = 768 KiB. MC % MR == 0.
-#   NC       columns of the packed B panel, which lives in L3: KC * NC * itemsize = 8 MiB per
-#            thread, two threads in the 32 MiB L3. float32: 512 * 4096 * 4; float64: 512 * 2048 * 8.
+#            deep as the caches allow: the A micro-panel (MR * KC * itemsize) is streamed, the
+#            B micro-panel (KC * NR * itemsize) is reused by every A micro-panel from L1/L2.
+#   MC       rows of the packed A block, kept in L2 beside the B micro-panel. MC % MR == 0.
+#   NC       columns of the packed B panel, kept in L3 (KC * NC * itemsize per thread).
+#
+# avx512: 32 zmm of 64 bytes. 12 rows x 2 zmm (32 float32 / 16 float64 columns) = 24
+#   accumulators + 2 of B + 1 broadcast (folded into the FMA's memory operand) = 27 of 32.
+#   Tuned on AMD EPYC Zen 4 (L1d 32 KiB, L2 1 MiB, L3 32 MiB; one 512-bit FMA a cycle, latency
+#   4). Measured per core, float32: 12x32 111, 6x64 113, 8x32 85, 16x16 77 GFLOP/s. KC, single
+#   thread, float32 2048^3: 128 79, 256 90, 512 102 GF/s; float64 128 38, 512 49 GF/s (the C
+#   passes cost more than an L1-resident B micro-panel saves). MC: 384 * 512 * 4 = 768 KiB of
+#   the 1 MiB L2 (float64 192 * 512 * 8 likewise); NC: 512 * 4096 * 4 = 8 MiB of L3 per thread.
+# avx2: 16 ymm of 32 bytes. 6 rows x 2 ymm (16 float32 / 8 float64 columns) = 12 accumulators
+#   + 2 of B + 1 broadcast = 15 of 16: BLIS's haswell sgemm tile (6 x 16). Two FMA ports of
+#   latency 4-5 need 8-10 in flight; 12 do. Measured on the AVX-512 Xeon here with the path
+#   forced (KERNELS_ISA=avx2), float32 2048^3 on one thread, x OpenBLAS's Haswell kernel in
+#   alternating turns: 6x16 KC 256 0.67, KC 512 0.75; 4x24 (12 accumulators + 3 of B + 1 = 16)
+#   0.68 and 0.74; MC 96, 192, 384 at KC 512 within the noise. KC 512: the B micro-panel (32 KiB)
+#   streams from L2 as avx512's does; MC 192 * 512 * 4 = 384 KiB of a Zen 3's 512 KiB L2 (float64
+#   96 * 512 * 8 likewise); NC: 512 * 4096 * 4 = 8 MiB of L3 per thread.
+# generic: x86-64's baseline, 16 xmm of 16 bytes, SSE2 and no FMA: a multiply-add is a mulps
+#   into a temporary and an addps. 4 rows x 2 xmm (8 float32 / 4 float64 columns) = 8
+#   accumulators + 2 of B + 1 broadcast + 1 product = 12 of 16 (6 rows would need all 16).
+#   Cache blocks as avx2's (not tuned: this path is the fallback, not a target).
+# neon: aarch64, 32 q registers of 16 bytes. 8 rows x 3 q (12 float32 / 6 float64 columns) =
+#   24 accumulators + 3 of B + 1 broadcast = 28 of 32: BLIS's armv8a sgemm tile (8 x 12).
+#   Cache blocks as avx2's. No ARM machine here: never run nor measured; the micro-kernel,
+#   cross-compiled for aarch64 by llvmlite, is 24 fmla by element a step with no spills (a test).
 
-MR = 12
-BLOCKING = {  # itemsize -> (MR, NR, KC, MC, NC)
-    4: (MR, 32, 512, 384, 4096),
-    8: (MR, 16, 512, 192, 2048),
+TILES = {   # path -> (vector bytes, {itemsize: (MR, NR, KC, MC, NC)})
+    "avx512": (64, {4: (12, 32, 512, 384, 4096), 8: (12, 16, 512, 192, 2048)}),
+    "avx2": (32, {4: (6, 16, 512, 192, 4096), 8: (6, 8, 512, 96, 2048)}),
+    "generic": (16, {4: (4, 8, 512, 192, 4096), 8: (4, 4, 512, 96, 2048)}),
+    "neon": (16, {4: (8, 12, 512, 192, 4096), 8: (8, 6, 512, 96, 2048)}),
 }
+PATH = _ISA_PATH
+VECTOR_BYTES, BLOCKING = TILES[PATH]  # BLOCKING: itemsize -> (MR, NR, KC, MC, NC)
+
+
+def isa():
+    """The instruction-set path this set's code is compiled for (kernels._isa)."""
+    return PATH
+
+
 # Below this many multiply-adds a matmul runs on one thread (fork/join costs ~5 us).
 PARALLEL_MIN_FMAS = 1 << 19
 # Below this many multiply-adds a transposed A (x^T g, a weight gradient) and B are read in
@@ -133,6 +184,28 @@ def _blocking_impl(c):
     return lambda c: consts
 
 
+def _lanes(itemsize):  # elements in one vector register of the path
+    return VECTOR_BYTES // itemsize
+
+
+def _half_nr(itemsize):
+    # columns of the half-width micro-kernel: half the tile's vectors (at least one)
+    nr = BLOCKING[itemsize][1]
+    lanes = _lanes(itemsize)
+    return max(1, nr // lanes // 2) * lanes
+
+
+def _edge_widths(c):  # (NR, half NR) for c's dtype, as compile-time constants
+    raise NotImplementedError
+
+
+@overload(_edge_widths)
+def _edge_widths_impl(c):
+    itemsize = c.dtype.bitwidth // 8
+    consts = (BLOCKING[itemsize][1], _half_nr(itemsize))
+    return lambda c: consts
+
+
 def _runtime(x):  # x, typed as a run-time value, for constant arguments of jitted calls
     return x
 
@@ -148,8 +221,8 @@ def _runtime_impl(x):
 
 
 def _make_micro_kernel(half):
-    """The micro-kernel as an intrinsic; half=True computes only the tile's first NR/2 columns
-    (one zmm register per row), for the narrow edge panels (n % NR <= NR/2, or n = 10)."""
+    """The micro-kernel as an intrinsic; half=True computes only the tile's first _half_nr
+    columns (half the vector registers per row), for narrow edge panels (n % NR <= that)."""
 
     @intrinsic
     def micro_kernel(typingctx, kc, a, a0, a_sp, a_si, b, b0, b_sp, tile):
@@ -168,12 +241,12 @@ def _micro_kernel_codegen(half, kc, a, a0, a_sp, a_si, b, b0, b_sp, tile):
     dtype = a.dtype
     itemsize = dtype.bitwidth // 8
     mr, nr = BLOCKING[itemsize][0], BLOCKING[itemsize][1]
+    width = _lanes(itemsize)                                    # lanes in one vector register
+    nv = (_half_nr(itemsize) if half else nr) // width          # vector registers per tile row
 
     def codegen(context, builder, sig, args):
         kc, a, a0, a_sp, a_si, b, b0, b_sp, tile = args
         elt = context.get_value_type(dtype)
-        width = 64 // itemsize                      # lanes in one zmm register
-        nv = 1 if half else nr // width             # zmm registers per tile row
         vec = ir.VectorType(elt, width)
         intp = context.get_value_type(types.intp)
 
@@ -185,9 +258,12 @@ def _micro_kernel_codegen(half, kc, a, a0, a_sp, a_si, b, b0, b_sp, tile):
         t_data = context.make_array(sig.args[8])(context, builder, tile).data
         a_base = builder.gep(a_data, [a0])
         b_base = builder.gep(b_data, [b0])
+        # llvm.fmuladd: one fused multiply-add where the target has FMA (avx512, avx2, neon),
+        # a multiply and an add where it has not (x86-64's baseline); llvm.fma would be a libm
+        # call per lane there.
         fma = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vec, [vec] * 3),
-            f"llvm.fma.v{width}{'f32' if itemsize == 4 else 'f64'}")
+            f"llvm.fmuladd.v{width}{'f32' if itemsize == 4 else 'f64'}")
         zero = ir.Constant(vec, None)
         splat = ir.Constant(ir.VectorType(ir.IntType(32), width), None)
         # a's row offsets i * a_si, hoisted out of the k loop
@@ -379,7 +455,7 @@ def _gemm_range(a, b, c, trans_a, trans_b, bias, relu, i_lo, i_hi, j_lo, j_hi, p
     if work.size < a_len + b_len + mr_ * nr_:
         raise ValueError("_gemm_range: work is too small")
     ap, bp, tile = work[:a_len], work[a_len:a_len + b_len], work[a_len + b_len:a_len + b_len + mr_ * nr_]
-    half_nr = nr_ // 2
+    _, half_nr = _edge_widths(c)
     # LOOP 5: split n into nc parts
     for jc in range(j_lo, j_hi, nc_):
         nc = min(nc_, j_hi - jc)
@@ -519,21 +595,32 @@ def _gemm(a, b, c, trans_a, trans_b, bias, relu, threads, work):
 
 # ---------------------------------------------------------------- scratch memory
 #
-# The packing buffers (and linear_backward's masked gradient) come from flat arrays that
-# persist between calls and only grow. Allocating them per call cost more than the work at
-# small sizes: a large np.empty is an mmap, so every call paid its page faults and zeroing
-# (an epoch at batch 128 ran at half the speed with glibc's mmap threshold at 128 KiB). The
-# Python wrappers grow them and pass them down. The jitted code holds the GIL (no nogil), so
-# one scratch array per use is race-free; each matmul task gets its own slice of it.
+# The packing buffers (and linear_backward's masked gradient, train_steps' float64 sums) come
+# from flat arrays that persist between calls and only grow. Allocating them per call cost more
+# than the work at small sizes: a large np.empty is an mmap, so every call paid its page faults
+# and zeroing (an epoch at batch 128 ran at half the speed with glibc's mmap threshold at 128
+# KiB). The Python wrappers grow them and pass them down; each matmul task gets its own slice.
+#
+# They are per Python thread (threading.local). The jitted code holds the GIL, except inside
+# its parallel regions (the matmul's tasks, the large elementwise ops, softmax over 4096 rows
+# and more, the batch gather), where Numba releases it; so calls from two Python threads do
+# overlap there, and one scratch array shared between them gave wrong answers (up to 90
+# absolute on a 300^3 linear_backward; tests/test_threads.py). Per thread, no call ever sees
+# another's buffers, and no lock serialises them. The cost: each thread that calls the set keeps
+# its own buffers (a few MiB at the MLP's sizes) until it ends.
 
-_scratch = {}   # (use, dtype) -> flat array
+_scratch = threading.local()   # .arrays: (use, dtype) -> flat array, for this thread
 
 
 def _scratch_for(use, dtype, size):
-    # A flat array of at least size elements, reused from the last call when large enough
-    a = _scratch.get((use, dtype))
+    # A flat array of at least size elements, this thread's, reused from its last call when
+    # large enough
+    arrays = getattr(_scratch, "arrays", None)
+    if arrays is None:
+        arrays = _scratch.arrays = {}
+    a = arrays.get((use, dtype))
     if a is None or a.size < size:
-        a = _scratch[use, dtype] = np.empty(size, dtype)
+        a = arrays[use, dtype] = np.empty(size, dtype)
     return a
 
 
@@ -739,7 +826,7 @@ def _vector_max(typingctx, z, start, n_vec):
     # the micro-kernel found. A NaN is passed over (compare and select, as the scalar
     # loop does); the loss is NaN all the same, since exp of that logit is NaN.
     dtype = z.dtype
-    width = 64 // (dtype.bitwidth // 8)
+    width = _lanes(dtype.bitwidth // 8)
 
     def codegen(context, builder, sig, args):
         z, start, n_vec = args
@@ -785,7 +872,7 @@ def _vector_max(typingctx, z, start, n_vec):
 @njit(cache=True)
 def _row_max(z, start, n):
     # max of z[start : start+n]: whole vectors through _vector_max, the rest one by one
-    width = 64 // z.itemsize
+    width = VECTOR_BYTES // z.itemsize
     mx = z[U(start)]
     n_vec = n // width
     if n_vec > 0:
@@ -822,7 +909,7 @@ def _softmax_ce_block(logits, labels, grad, r0, r1, inv_batch):
     g = grad.reshape(grad.size)
     per_log = max(1, int(1000.0 / math.log2(max(classes, 2))))
     loss, product, in_product = 0.0, 1.0, 0
-    short = classes < 64 // z.itemsize     # a row shorter than one vector
+    short = classes < VECTOR_BYTES // z.itemsize     # a row shorter than one vector
     for i in range(r0, r1):
         row = i * classes
         if short:   # written out: through _row_max, 128 rows of 10 took 0.9 us, not 0.2

@@ -3,6 +3,12 @@ epilogue. The conformance suite tests the set through the interface; these reach
 the steps the benchmarks time, so that a rung that is fast because it is wrong cannot hide.
 """
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -12,7 +18,7 @@ numba_set = pytest.importorskip("kernels.numba_set")
 
 DTYPES = [np.float32, np.float64]
 # Sizes around the blocking: 1 and 3 (smaller than a tile), 17 (NR/2 < 17 < NR for float32),
-# 129 (KC + 1), 257 (2 KC + 1). The micro-tile is 12 x 32 (float32) or 12 x 16 (float64).
+# 129 and 257. The micro-tile is the path's (numba_set.TILES: 12 x 32 float32 on avx512).
 ODD = [(1, 1, 1), (3, 17, 5), (17, 129, 3), (13, 3, 33), (129, 257, 17), (257, 129, 129), (25, 40, 784 // 8)]
 
 
@@ -212,3 +218,193 @@ def test_float32_exp_matches_numpy_to_two_ulp():
     nan = np.array([np.nan], np.float32)
     exp_all(nan, out[:1])
     assert np.isnan(out[0])
+
+
+
+# ---------------------------------------------------------------- per-ISA paths (in subprocesses)
+#
+# Numba's target is fixed per process once it compiles, so each forced path runs in a fresh
+# interpreter. Each script prints one JSON line; they compile only the micro-kernel, to be fast.
+
+from kernels import _isa  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+# The x86 register each path's micro-kernel must use, and the wider ones it must not.
+REGISTERS = {"avx512": ("zmm", ()), "avx2": ("ymm", ("zmm",)), "generic": ("xmm", ("ymm", "zmm"))}
+
+MICRO_KERNEL_ASM = r"""
+import json, re
+import numpy as np
+from numba import njit
+import kernels
+from kernels import numba_set as ns
+
+out = {"isa": kernels.get("numba").isa}
+for itemsize, dtype in ((4, np.float32), (8, np.float64)):
+    MR, NR = ns.BLOCKING[itemsize][0], ns.BLOCKING[itemsize][1]
+
+    @njit
+    def ukr(kc, a, b, tile):
+        ns._micro_kernel(kc, a, 0, MR, 1, b, 0, NR, tile)
+
+    a = np.ones(2048, dtype)
+    ukr(3, a, a, a.copy())
+    lines = ukr.inspect_asm(ukr.signatures[0]).splitlines()
+    # the loops: a label and the backward branch to it; the k loop is the one with the arithmetic
+    labels = {l.strip()[:-1]: i for i, l in enumerate(lines) if re.match(r"\.?L\w+:$", l.strip())}
+    loops = []
+    for i, l in enumerate(lines):
+        m = re.match(r"\s*j\w+\s+(\.?L\w+)$", l)
+        if m and labels.get(m.group(1), i) < i:
+            loops.append("\n".join(lines[labels[m.group(1)]:i + 1]))
+    k_loop = max(loops, key=lambda t: len(re.findall(r"fmadd|mulp[sd]", t)))
+    out[dtype.__name__] = {
+        "fma": len(re.findall(r"vfmadd\w+", k_loop)), "mul": len(re.findall(r"\bmulp[sd]", k_loop)),
+        "stack": len(re.findall(r"\(%rsp\)|\(%rbp\)", k_loop)),
+        "regs": {r: len(re.findall("%" + r + r"\d", k_loop)) for r in ("xmm", "ymm", "zmm")},
+        "tile": [MR, NR], "lanes": ns.VECTOR_BYTES // itemsize}
+print(json.dumps(out))
+"""
+
+
+def _run(code, **env):
+    """Run code in a fresh interpreter with env added to (or, for None values, removed from) the
+    environment; its last output line as JSON, or its exit status and stderr."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU") and k != _isa.ENV}
+    environ.update({k: v for k, v in env.items() if v is not None})
+    environ["PYTHONPATH"] = str(ROOT) + os.pathsep + environ.get("PYTHONPATH", "")
+    done = subprocess.run([sys.executable, "-c", code], env=environ, cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, f"exit {done.returncode} (a negative one is a signal):\n{done.stderr[-3000:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+X86_PATHS = [p for p in REGISTERS if p in _isa.supported()] if _isa.machine() == "x86_64" else []
+
+
+@pytest.mark.skipif(not X86_PATHS, reason="the register checks read x86 assembly")
+@pytest.mark.parametrize("path", X86_PATHS)
+def test_micro_kernel_uses_the_paths_registers_without_spills(path):
+    """Forced with KERNELS_ISA, Numba compiles for the path (not the host), and the k loop holds
+    its tile in the path's registers: MR * NR / lanes multiply-adds a step, no stack access,
+    and no wider register than the path has."""
+    got = _run(MICRO_KERNEL_ASM, KERNELS_ISA=path)
+    assert got["isa"] == path
+    reg, wider = REGISTERS[path]
+    for dtype in ("float32", "float64"):
+        k = got[dtype]
+        per_step = k["tile"][0] * k["tile"][1] // k["lanes"]
+        assert k["stack"] == 0, f"{path} {dtype}: the k loop touches the stack (spills): {k}"
+        assert k["regs"][reg] > 0 and all(k["regs"][w] == 0 for w in wider), f"{path} {dtype}: {k}"
+        if path == "generic":   # SSE2 has no FMA: a multiply and an add per accumulator
+            assert k["fma"] == 0 and k["mul"] == per_step, f"{path} {dtype}: {k}"
+        else:
+            assert k["fma"] == per_step, f"{path} {dtype}: {k}"
+
+
+UNAVAILABLE = r"""
+import json
+import kernels
+reason = kernels.available()["numba"]
+try:
+    kernels.get("numba")
+    raised = None
+except kernels.UnavailableError as exc:
+    raised = str(exc)
+print(json.dumps({"reason": reason, "raised": raised}))
+"""
+
+
+def test_a_path_the_cpu_lacks_is_a_clear_error():
+    """KERNELS_ISA naming a path this CPU cannot run: available() says why and get() raises
+    UnavailableError; nothing is compiled for it (no SIGILL)."""
+    missing = next(p for p in ("neon", "avx512", "avx2") if p not in _isa.supported())
+    got = _run(UNAVAILABLE, KERNELS_ISA=missing)
+    assert got["reason"] and "cannot run" in got["reason"] and missing in got["reason"], got
+    assert got["raised"] and "cannot run" in got["raised"], got
+
+
+NUMBA_SETTINGS = r"""
+import json
+import kernels
+ks = kernels.get("numba")
+print(json.dumps({"isa": ks.isa}))
+"""
+
+
+@pytest.mark.skipif("avx2" not in _isa.supported() or _isa.supported()[0] == "avx2",
+                    reason="needs an x86 CPU with a path above avx2")
+def test_the_path_follows_the_features_numba_compiles_with():
+    """The user's own NUMBA_CPU_NAME / NUMBA_CPU_FEATURES decide the path, not the CPU name:
+    NUMBA_CPU_NAME=haswell alone still compiles with the host's features (numba 0.68); with
+    an AVX2 feature list it is avx2. KERNELS_ISA that disagrees with them is an error."""
+    host = _isa.supported()[0]
+    assert _run(NUMBA_SETTINGS, NUMBA_CPU_NAME="haswell")["isa"] == host
+    avx2 = dict(NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES=_isa.NUMBA_TARGETS["avx2"]["x86_64"][1])
+    assert _run(NUMBA_SETTINGS, **avx2)["isa"] == "avx2"
+    got = _run(UNAVAILABLE, KERNELS_ISA="generic", **avx2)
+    assert got["reason"] and "KERNELS_ISA=generic but Numba compiles for avx2" in got["reason"], got
+
+
+def test_a_path_forced_after_numba_compiled_is_an_error():
+    """Numba's target machine is built at its first compilation and never changes: forcing
+    another path after that is reported, not silently ignored."""
+    if len(_isa.supported()) < 2:
+        pytest.skip("this CPU runs one path only")
+    code = ("import os, json\nfrom numba import njit\nnjit(lambda: 1)()\n"
+            f"os.environ['KERNELS_ISA'] = {_isa.supported()[1]!r}\n" + UNAVAILABLE)
+    got = _run(code)
+    assert got["reason"] and "before Numba first compiles" in got["reason"], got
+
+
+NEON_ASM = r"""
+import json, re
+import numpy as np
+import llvmlite.binding as llvm
+from numba import njit
+from kernels import numba_set as ns
+
+ns.VECTOR_BYTES, ns.BLOCKING = ns.TILES["neon"]     # this process compiles nothing else
+MR, NR = ns.BLOCKING[4][0], ns.BLOCKING[4][1]
+
+@njit
+def ukr(kc, a, b, tile):
+    ns._micro_kernel(kc, a, 0, MR, 1, b, 0, NR, tile)
+
+a = np.ones(1000, np.float32)
+ukr(3, a, a, a.copy())
+ir = ukr.inspect_llvm(ukr.signatures[0])
+# the one function with the arithmetic, without Numba's (x86) runtime calls and attributes
+body = next(f for f in re.findall(r"(define [^\n]*\{\n.*?\n\})", ir, re.S) if "fmuladd" in f)
+body = re.sub(r"call void @NRT_\w+\([^)]*\)", "", re.sub(r"#\d+", "", body))
+decls = {re.sub(r"#\d+", "", d) for d in re.findall(r"declare [^\n]*fmuladd[^\n]*", ir)}
+llvm.initialize_all_targets(); llvm.initialize_all_asmprinters()
+target = llvm.Target.from_triple("aarch64-unknown-linux-gnu")
+tm = target.create_target_machine(cpu="generic", features="+neon", opt=3)
+mod = llvm.parse_assembly("\n".join(decls) + "\n" + body)
+mod.triple, mod.data_layout = tm.triple, str(tm.target_data)
+lines = tm.emit_assembly(mod).splitlines()
+labels = {l.strip()[:-1]: i for i, l in enumerate(lines) if re.match(r"\.?L\w+:$", l.strip())}
+loops = []
+for i, l in enumerate(lines):
+    m = re.match(r"\s*b\.\w+\s+(\.?L\w+)$", l)
+    if m and labels.get(m.group(1), i) < i:
+        loops.append("\n".join(lines[labels[m.group(1)]:i + 1]))
+k_loop = max(loops, key=lambda t: t.count("fmla"))
+print(json.dumps({"fmla": len(re.findall(r"\bfmla\b", k_loop)), "stack": len(re.findall(r"\bsp\b", k_loop)),
+                  "per_step": MR * NR // 4}))
+"""
+
+
+def test_neon_tile_fits_aarch64_registers_when_cross_compiled():
+    """No ARM machine here: the neon tile's micro-kernel, cross-compiled for aarch64 by
+    llvmlite, is one fmla per accumulator a step (8 x 3 q = 24) with no spills."""
+    from llvmlite import binding as llvm
+
+    llvm.initialize_all_targets()
+    try:
+        llvm.Target.from_triple("aarch64-unknown-linux-gnu")
+    except RuntimeError:
+        pytest.skip("this llvmlite has no AArch64 target")
+    got = _run(NEON_ASM)
+    assert got["fmla"] == got["per_step"] and got["stack"] == 0, got
