@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.__main__ import trim_benchmark_json
+import kernels
+from bench.__main__ import other_paths, trim_benchmark_json
 from bench.profile_step import profile
 from bench.report import write_report
 
@@ -105,13 +106,15 @@ def test_paired_measures_every_target_and_the_report_judges_it(tmp_path):
 
     result = measure(sets=["cython"], threads=1, quick=True, log=lambda *a, **k: None, settle=0.0)
     keys = {row["key"] for row in result["rows"]}
-    assert keys == {"matmul-2048", "relu", "relu_backward", "epilogue", "softmax_cross_entropy-128x10",
-                    "softmax_cross_entropy-512x100", "epoch-b128", "epoch-b1"}
+    assert keys == {"matmul-2048", "shapes", "relu", "relu_backward", "epilogue", "softmax_cross_entropy-128x10",
+                    "softmax_cross_entropy-512x100", "epoch-b128", "epoch-b1", "perop-b128"}
+    assert result["isa"]["cython"] == kernels.get("cython").isa   # the path it ran, on record
     for row in result["rows"]:
         assert row["set"] == "cython" and len(row["values"]) == row["rounds"] == 3
         assert row["a_s"] > 0 and row["b_s"] > 0 and 0 < row["value"] < float("inf")
     folded = summary(result)
-    assert ("epilogue", "cython") in folded and len([k for k in folded if k[0] == "epilogue"]) == 1
+    for key in ("epilogue", "shapes"):   # several shapes, one geometric mean
+        assert (key, "cython") in folded and len([k for k in folded if k[0] == key]) == 1
 
     # the report judges a target on the alternating-turn figure and quotes the suite's beside it
     (tmp_path / "bench-cpu.json").write_text(_json.dumps({"benchmarks": []}))
@@ -136,3 +139,43 @@ def test_paired_refuses_bad_arguments_with_a_message(args, says, tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def _pair(key, s, value, a_s):
+    return {"key": key, "set": s, "what": f"{key} numpy / {s}", "value": value, "values": [value], "rounds": 1,
+            "a": "numpy", "b": s, "a_s": a_s, "b_s": a_s / value}
+
+
+def test_the_report_sets_the_paths_side_by_side_and_says_what_2x_would_take(tmp_path):
+    """paired.json (the CPU's best path) and paired-avx2.json (forced): one column each, a target
+    judged per path, and the batch-128 step set against its dense arithmetic at OpenBLAS's rate."""
+    (tmp_path / "bench-cpu.json").write_text(json.dumps({"benchmarks": []}))
+    runs = {"paired.json": ("avx512", "openblas:SkylakeX", 2.2, 0.10),
+            "paired-avx2.json": ("avx2", "openblas:Haswell", 1.4, 0.20)}
+    for name, (path, blas, epoch, t2048) in runs.items():
+        rows = [_pair("matmul-2048", s, 0.95, t2048) for s in ("numba", "cython")]
+        rows += [_pair("epoch-b128", "cython", epoch, 0.3), _pair("epoch-b128", "numba", 1.1, 0.3)]
+        (tmp_path / name).write_text(json.dumps({"threads": 2, "rows": rows,
+                                                 "isa": {"numpy": blas, "numba": path, "cython": path}}))
+    text = write_report(tmp_path).read_text()
+    assert "## Per instruction-set path" in text
+    head = next(line for line in text.splitlines() if line.startswith("| target | threshold"))
+    assert "avx512 path (numpy: openblas:SkylakeX)" in head and "avx2 path (numpy: openblas:Haswell)" in head
+    row = next(line for line in text.splitlines() if "train_steps epoch at batch 128" in line)
+    assert "2.20 (cython) met" in row and "1.40 (cython) **not met**" in row
+    # 2 * 2048^3 flops in 0.2 s: 86 GFLOP/s; a step's 58 MFLOP then take 677 us; numpy's step
+    # 0.3 s / 469 steps = 640 us, so 2x numpy (320 us) needs 53% of them left out
+    budget = next(line for line in text.splitlines() if line.startswith("*avx2 path"))
+    assert "86 GFLOP/s" in budget and "677 µs" in budget and "53% of the dense arithmetic" in budget
+
+
+def test_python_m_bench_measures_the_other_tuned_paths_against_their_openblas_kernel(monkeypatch):
+    from kernels import _isa
+
+    monkeypatch.delenv(_isa.ENV, raising=False)
+    paths = dict(other_paths())
+    assert set(paths) == {p for p in _isa.supported()[1:] if p != "generic"}
+    if "avx2" in paths:
+        assert paths["avx2"][_isa.ENV] == "avx2" and paths["avx2"]["OPENBLAS_CORETYPE"] == "Haswell"
+    monkeypatch.setenv(_isa.ENV, "generic")
+    assert other_paths() == []   # a forced run measures its own path only
