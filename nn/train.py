@@ -162,11 +162,20 @@ def make_engine(cfg: Config, ks, data, sizes, params, train_idx, val_idx):
                            device=cfg.device, threads=cfg.threads, **opts)
     from .engine import KernelEngine
 
-    eval_sets = {"train": (data.x_train[train_idx], data.y_train[train_idx]),
-                 "test": (data.x_test, data.y_test)}
+    eval_sets = {"train": _rows(data.x_train, data.y_train, train_idx), "test": (data.x_test, data.y_test)}
     if len(val_idx):
-        eval_sets["val"] = (data.x_train[val_idx], data.y_train[val_idx])
+        eval_sets["val"] = _rows(data.x_train, data.y_train, val_idx)
     return KernelEngine(ks, sizes, params, train=eval_sets["train"], eval_sets=eval_sets, **opts)
+
+
+def _rows(x, y, idx):
+    """(x[idx], y[idx]), as views when idx (sorted, from split_data) is 0, 1, ..., n-1: without
+    a validation split, copying the 188 MB of Fashion-MNIST's training images cost up to a
+    second (its page faults) before the first step, for nothing."""
+    n = len(idx)
+    if n and idx[0] == 0 and idx[-1] == n - 1:
+        return x[:n], y[:n]
+    return x[idx], y[idx]
 
 
 def _cuda_problem(torch, device):
