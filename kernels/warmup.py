@@ -216,8 +216,8 @@ class compile_progress:
         if _is_terminal(self.stream):
             from tqdm import tqdm
 
-            self._bar = tqdm(desc="  compiling", file=self.stream, leave=False, dynamic_ncols=True,
-                             bar_format="{desc}: {n} functions compiled, {elapsed} elapsed")
+            self._bar = tqdm(desc="  compiling", file=self.stream, leave=False,
+                             bar_format="{desc}: {elapsed} elapsed, functions compiled: {n}")
             self._ticker = threading.Thread(target=self._tick, daemon=True)
             self._ticker.start()
 
