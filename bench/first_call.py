@@ -180,7 +180,10 @@ def measure(threads=None, sets=None, trainer_runs=3) -> dict:
     skipped = {n: r for n, r in kernels.available().items() if r is not None}
     if sets:
         todo = [t for t in todo if t[2] in sets]
-    result = {"threads": threads, "dtype": "float32", "batch": 32, "sets": {}, "unavailable": skipped,
+    from bench.machine import describe
+
+    result = {"threads": threads, "dtype": "float32", "batch": 32, "cpu": describe()["cpu"], "sets": {},
+              "unavailable": skipped,
               "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     for name, device, label in todo:
         with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache:

@@ -559,7 +559,8 @@ def first_call_section(fc):
             continue
         profile = next((r.get("compile_self_s") for r in rec.get("cold", []) if r.get("compile_self_s")), {})
         top = "; ".join(f"`{f}` {fmt_time(t)}" for f, t in list(profile.items())[:5])
-        lines += ["", f"`python -m nn.train --kernels {name}`, from the process's launch to its first training "
+        cpu = f" on {fc['cpu']}" if fc.get("cpu") else ""
+        lines += ["", f"`python -m nn.train --kernels {name}`{cpu}, from the process's launch to its first training "
                       f"step (medians of {rec['runs']} runs each, load average {cold['load_average_1min']:.1f} "
                       f"and {warm['load_average_1min']:.1f}): {fmt_time(cold['to_first_step_s'])} with an empty "
                       f"cache, of which {fmt_time(cold['warm_up_s'])} compiling; {fmt_time(warm['to_first_step_s'])} "
