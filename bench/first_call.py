@@ -145,6 +145,8 @@ def measure_trainer(name, threads, runs) -> dict:
     import statistics
 
     record = {"runs": runs, "cold": [], "warm": []}
+    print(f"nn.train --kernels {name}: timing its path to the first step, {runs} cold and {runs} warm runs "
+          "(each cold run compiles from scratch, in an empty cache: tens of seconds)", flush=True)
     for i in range(runs):
         with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache:
             record["cold"].append(run_trainer_child(name, threads, cache, profile=(i == 0)))
