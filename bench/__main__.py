@@ -9,7 +9,10 @@ Steps, each in its own process so one cannot disturb the next:
 
 1. ``bench.peak``: this machine's sgemm/dgemm FLOP/s and copy bandwidth -> peak.json;
 2. ``bench.first_call``: import, compile and first-call costs, cold and warm -> first_call.json;
-3. pytest-benchmark over bench/ (every op on every CPU set, the references, and end to end)
+3. ``python -m kernels warmup``: the Numba sets' kernels, every op at every dtype benchmarked,
+   compiled into Numba's cache (a first run's tens of seconds, said while they pass; the
+   benchmarks would pay them in their untimed first calls, in silence), then pytest-benchmark
+   over bench/ (every op on every CPU set, the references, and end to end)
    -> bench-cpu.json; on a machine with a GPU, a second run of the CUDA entries (with torch
    on the CPU beside them) -> bench-gpu.json;
 4. ``bench.time_to_accuracy`` (when the trainer is present) -> time_to_accuracy.json,
@@ -121,7 +124,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="short timings and small peak problems: a smoke test")
     parser.add_argument("--dtypes", default="float32", help="comma-separated (default float32)")
     parser.add_argument("--skip", default="",
-                        help="comma-separated steps to skip: peak,first_call,bench,gpu,tta,profile,paired,paths,report")
+                        help="comma-separated steps to skip: "
+                             "peak,first_call,warmup,bench,gpu,tta,profile,paired,paths,report")
     args = parser.parse_args(argv)
 
     import kernels
@@ -145,6 +149,11 @@ def main(argv=None):
     if "first_call" not in skip:
         step("first-call costs", [py, "-m", "bench.first_call", "--threads", str(threads),
                                   "--out", str(out / "first_call.json")], failures)
+
+    if "warmup" not in skip:
+        step("compile the Numba kernels (first run only)", [py, "-m", "kernels", "warmup", "--sets", "all",
+                                                           "--all-ops", "--dtype", args.dtypes,
+                                                           "--threads", str(threads)], failures)
 
     common = [py, "-m", "pytest", "bench", "-q", "-p", "no:cacheprovider", "--benchmark-enable",
               "--benchmark-group-by=group", "--benchmark-sort=name", "--benchmark-columns=median,iqr,rounds",

@@ -15,6 +15,14 @@ For each op (MLP shapes at batch 32, float32) the record has the first call and 
 call, so first - second is the one-off cost. ``import_s`` is ``import kernels``, ``get_s``
 is ``kernels.get(name)``, which imports the set's backend (and torch, or Numba, with it);
 ``process_s`` is the whole process, interpreter start-up included.
+
+``trainer`` is what a user of ``python -m nn.train --kernels numba`` meets: in a fresh process,
+what the trainer does before its first training step (import, the data, the engine, its
+warm-up: the compile), cold and warm as above, ``--trainer-runs`` times each (the machine is
+shared: medians, and the load average beside them). ``to_first_step_s`` runs from the process's
+launch to the end of the warm-up, ``warm_up_s`` is the warm-up alone; a cold run also says where
+its compile went: ``compile_self_s``, per jitted function, the seconds Numba spent compiling it
+(LLVM included) less those spent on the functions it calls (from ``numba.core.event``).
 """
 
 from __future__ import annotations
@@ -83,6 +91,74 @@ print(json.dumps({"numpy_import_s": t_numpy - t0, "import_s": t_import - t_numpy
 """
 
 
+# Runs in the child: what nn.train does before its first step, timed from the process's launch
+# (argv[3], time.time() in the parent); with argv[4] == "profile", compile seconds per function.
+TRAINER_CHILD = r"""
+import json, sys, time
+name, threads, launched, profile = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "profile"
+t0 = time.perf_counter()
+self_s, stack = {}, []
+if profile:
+    from numba.core import event
+
+    class Listener(event.Listener):
+        def on_start(self, ev):
+            stack.append([time.perf_counter(), 0.0])
+
+        def on_end(self, ev):
+            start, inner = stack.pop()
+            took = time.perf_counter() - start
+            if stack:
+                stack[-1][1] += took
+            d = ev.data["dispatcher"]
+            key = getattr(d, "__qualname__", None) or str(d)
+            self_s[key] = self_s.get(key, 0.0) + took - inner
+
+    event.register("numba:compile", Listener())
+from nn.train import Config, setup
+run = setup(Config(kernels=name, threads=threads, quiet=True, download=False))
+t_setup = time.perf_counter()
+warm = run.engine.warm_up()
+t_warm = time.perf_counter()
+print(json.dumps({"to_first_step_s": time.time() - launched, "setup_s": t_setup - t0, "warm_up_s": t_warm - t_setup,
+                  "compiled_functions": len(warm.compiled),
+                  "compile_self_s": dict(sorted(self_s.items(), key=lambda kv: -kv[1]))}))
+"""
+
+
+def run_trainer_child(name, threads, cache_dir, profile, timeout=900):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), "PYTHONDONTWRITEBYTECODE": "1"}
+    load = os.getloadavg()[0]
+    proc = subprocess.run([sys.executable, "-c", TRAINER_CHILD, name, str(threads), repr(time.time()),
+                           "profile" if profile else "-"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["failed"]}
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["load_average_1min"] = load
+    return out
+
+
+def measure_trainer(name, threads, runs) -> dict:
+    """Cold and warm runs of the trainer's path to its first step, ``runs`` of each, alternating
+    (cold, warm, cold, warm, ...: a disturbance hits both); medians over the runs."""
+    import statistics
+
+    record = {"runs": runs, "cold": [], "warm": []}
+    print(f"nn.train --kernels {name}: timing its path to the first step, {runs} cold and {runs} warm runs "
+          "(each cold run compiles from scratch, in an empty cache: tens of seconds)", flush=True)
+    for i in range(runs):
+        with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache:
+            record["cold"].append(run_trainer_child(name, threads, cache, profile=(i == 0)))
+            record["warm"].append(run_trainer_child(name, threads, cache, profile=False))
+    for kind in ("cold", "warm"):
+        ok = [r for r in record[kind] if "error" not in r]
+        if ok:
+            record[f"{kind}_median"] = {k: statistics.median(r[k] for r in ok)
+                                        for k in ("to_first_step_s", "setup_s", "warm_up_s", "load_average_1min")}
+    return record
+
+
 def run_child(name, device, threads, cache_dir, timeout=900):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), "PYTHONDONTWRITEBYTECODE": "1"}
     t0 = time.perf_counter()
@@ -96,7 +172,7 @@ def run_child(name, device, threads, cache_dir, timeout=900):
     return out
 
 
-def measure(threads=None, sets=None) -> dict:
+def measure(threads=None, sets=None, trainer_runs=3) -> dict:
     import kernels
 
     threads = threads or kernels.cpu_count()
@@ -106,7 +182,10 @@ def measure(threads=None, sets=None) -> dict:
     skipped = {n: r for n, r in kernels.available().items() if r is not None}
     if sets:
         todo = [t for t in todo if t[2] in sets]
-    result = {"threads": threads, "dtype": "float32", "batch": 32, "sets": {}, "unavailable": skipped,
+    from bench.machine import describe
+
+    result = {"threads": threads, "dtype": "float32", "batch": 32, "cpu": describe()["cpu"], "sets": {},
+              "unavailable": skipped,
               "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     for name, device, label in todo:
         with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache:
@@ -116,6 +195,13 @@ def measure(threads=None, sets=None) -> dict:
         summary = ", ".join(f"{k} {v.get('get_s', float('nan')) + v.get('first_calls_s', float('nan')):.2f} s"
                             for k, v in (("cold", cold), ("warm", warm)))
         print(f"first call {label:13s} get + first calls: {summary}", flush=True)
+    result["trainer"] = {}
+    for name in ("numba",):
+        if trainer_runs and name in {t[2] for t in todo}:
+            rec = result["trainer"][name] = measure_trainer(name, threads, trainer_runs)
+            summary = ", ".join(f"{k} {rec[k + '_median']['to_first_step_s']:.1f} s" for k in ("cold", "warm")
+                                if k + "_median" in rec)
+            print(f"nn.train --kernels {name}: to the first step, median of {trainer_runs}: {summary}", flush=True)
     return result
 
 
@@ -123,10 +209,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--sets", default=None, help="comma-separated set names (default: every available set)")
+    parser.add_argument("--trainer-runs", type=int, default=3,
+                        help="cold and warm runs of nn.train's path to its first step (default 3; 0: none)")
     parser.add_argument("--out", default=str(ROOT / "results" / "first_call.json"))
     args = parser.parse_args(argv)
     sets = {s.strip() for s in args.sets.split(",")} if args.sets else None
-    result = measure(args.threads, sets)
+    result = measure(args.threads, sets, args.trainer_runs)
     out = write_json(args.out, result, indent=2)
     print(f"-> {out}")
     return result

@@ -648,6 +648,21 @@ def first_call_section(fc):
     if worst:
         lines += ["", "Costliest first call per set (cold): " + "; ".join(
             f"`{n}` {op} {fmt_time(t)}" for n, (op, t) in worst.items()) + "."]
+    for name, rec in fc.get("trainer", {}).items():
+        cold, warm = rec.get("cold_median"), rec.get("warm_median")
+        if not (cold and warm):
+            continue
+        profile = next((r.get("compile_self_s") for r in rec.get("cold", []) if r.get("compile_self_s")), {})
+        top = "; ".join(f"`{f}` {fmt_time(t)}" for f, t in list(profile.items())[:5])
+        cpu = f" on {fc['cpu']}" if fc.get("cpu") else ""
+        lines += ["", f"`python -m nn.train --kernels {name}`{cpu}, from the process's launch to its first training "
+                      f"step (medians of {rec['runs']} runs each, load average {cold['load_average_1min']:.1f} "
+                      f"and {warm['load_average_1min']:.1f}): {fmt_time(cold['to_first_step_s'])} with an empty "
+                      f"cache, of which {fmt_time(cold['warm_up_s'])} compiling; {fmt_time(warm['to_first_step_s'])} "
+                      f"warm, of which {fmt_time(warm['warm_up_s'])} loading the kernels from the cache. "
+                      "`python -m kernels warmup` pays the compile ahead of time."
+                  + (f" Where the cold compile goes (each function's own compile, LLVM included, less its "
+                     f"callees'): {top}." if top else "")]
     return "\n".join(lines + [""])
 
 

@@ -6,7 +6,9 @@ compare.png (speed and accuracy).
     python -m nn.compare --sets numpy,numba --epochs 1
 
 Takes the training options of nn.train (see ``python -m nn.train --help``). Speed-up is the
-reference's seconds per epoch over the set's: above 1 means faster than torch-autograd.
+reference's seconds per epoch over the set's: above 1 means faster than torch-autograd. What a
+run pays once before its first step (compiling the Numba sets' kernels on a first run, loading
+them from Numba's cache later) is its own column, ``compile_seconds``, and in no other figure.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def run_all(base: Config, sets: list[str], out_dir: Path, log=print) -> list[dic
             continue
         rows.append({"kernels": name, "test_accuracy": m["test_accuracy"],
                      "seconds_per_epoch": m["seconds_per_epoch"], "samples_per_second": m["samples_per_second"],
+                     # None for metrics written before the warm-up was timed apart
+                     "compile_seconds": m.get("compile_seconds"),
                      "epochs": m["epochs"], "environment": m["environment"]})
     ref = next((r for r in rows if r["kernels"] == REFERENCE), None)
     for r in rows:
@@ -64,13 +68,18 @@ def table(rows: list[dict], base: Config, skipped: dict) -> str:
         f"threads {rows[0]['environment']['threads'] if rows else base.threads}, device {base.device}"
         + (f", first {base.limit} samples" if base.limit else ""),
         "",
-        "| kernel set | test accuracy | seconds / epoch | samples / s | speed-up vs torch-autograd |",
-        "|---|---:|---:|---:|---:|",
+        "| kernel set | test accuracy | seconds / epoch | samples / s | speed-up vs torch-autograd "
+        "| compile, once (s) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         speedup = f"{r['speedup_vs_reference']:.2f}x" if r["speedup_vs_reference"] else "n/a"
+        once = "n/a" if r.get("compile_seconds") is None else f"{r['compile_seconds']:.2f}"
         lines.append(f"| {r['kernels']} | {100 * r['test_accuracy']:.2f}% | {r['seconds_per_epoch']:.3f} | "
-                     f"{r['samples_per_second']:,.0f} | {speedup} |")
+                     f"{r['samples_per_second']:,.0f} | {speedup} | {once} |")
+    lines += ["", "*compile, once*: what each run paid before its first step, in no other column: "
+                  "compiling the Numba sets' kernels (a first run; later runs load them from Numba's cache) "
+                  "and torch's one-off set-up."]
     if skipped:
         lines += ["", "Not run:", ""] + [f"- {k}: {v}" for k, v in skipped.items()]
     if rows:

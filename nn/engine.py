@@ -8,6 +8,9 @@ Both engines (KernelEngine here, TorchEngine in nn.torch_reference) have the sam
     engine.evaluate(name)               -> (mean loss, predicted classes as NumPy int64)
     engine.state()                      -> (params, optimizer state) as NumPy dicts
     engine.load(params, optim)          -> restore them (checkpoints are interchangeable)
+    engine.warm_up(progress=None)       -> kernels.warmup.WarmUp: compile (or load from
+                                           Numba's cache) what the run calls, and any other
+                                           one-off set-up, before the first timed step
 
 ``order`` is a permutation of the training samples (NumPy int64) drawn by the loop, so every
 engine sees the same batches. The loop may only stop (Ctrl-C, a checkpoint) between the arrays
@@ -47,6 +50,16 @@ class KernelEngine:
         for name, (x, y) in (eval_sets or {}).items():
             self.eval_sets[name] = (ks.asarray(np.ascontiguousarray(x, np.float32)),
                                     ks.asarray(np.ascontiguousarray(y, np.int64)))
+
+    def warm_up(self, progress=None):
+        """Compile (or load from the cache) the kernels this engine calls: train_steps for its
+        layer count and optimizer, linear and softmax_cross_entropy for evaluate; float32, as
+        the data. On tiny arrays of its own: the model, optimizer and data are not touched.
+        ``progress``: a stream to show a compile on. Returns a kernels.warmup.WarmUp."""
+        from kernels.warmup import TRAINER_OPS, warm_up
+
+        return warm_up(self.ks, dtype=np.float32, layers=len(self.model.params) // 2, optimizer=self.opt.kind,
+                       ops=TRAINER_OPS, progress=progress)
 
     def step(self, idx) -> float:
         """Gather the samples ``idx`` (native indices) and train on them once; the loss."""

@@ -122,6 +122,23 @@ class TorchEngine:
         for xb, yb in loader:
             yield np.array([self.train_step(xb.to(self.device), yb.to(self.device)).item()])
 
+    def warm_up(self, progress=None):
+        """One forward and backward pass on two samples through a copy of the model (so that
+        nothing of the run changes): torch's one-off set-up (its kernels' first calls, on CUDA
+        the context and cuBLAS) before the first timed step. A kernels.warmup.WarmUp."""
+        import copy
+        import time
+
+        from kernels.warmup import WarmUp
+
+        t0 = time.perf_counter()
+        xb, yb = next(iter(DataLoader(self.train_set, batch_size=2)))
+        model = copy.deepcopy(self.model)
+        F.cross_entropy(model(xb.to(self.device)), yb.to(self.device)).backward()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return WarmUp(time.perf_counter() - t0)
+
     def train_step(self, xb, yb):
         """One step on a batch already on the device: xb (B, 1, 28, 28) or (B, 784), yb (B,).
         The loss as a 0-d tensor (benchmarks time this alone, without the DataLoader)."""

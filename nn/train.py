@@ -14,6 +14,10 @@ in checkpoints, so a resumed run draws the same orders as an uninterrupted one.
 
 Timing: an epoch's seconds cover its training steps (gather, forward, backward, update, and
 reading each step's loss), not the evaluation passes after it; samples/s is samples / seconds.
+What a run pays once comes before its first timed step and is reported apart, as
+``compile_seconds``: the engine's warm-up (``engine.warm_up``), which compiles the kernels the
+run calls (Numba's, on a first run: tens of seconds, said on the console while it happens) or
+loads them from Numba's cache (later runs: under a second), and torch's one-off set-up.
 """
 
 from __future__ import annotations
@@ -158,11 +162,20 @@ def make_engine(cfg: Config, ks, data, sizes, params, train_idx, val_idx):
                            device=cfg.device, threads=cfg.threads, **opts)
     from .engine import KernelEngine
 
-    eval_sets = {"train": (data.x_train[train_idx], data.y_train[train_idx]),
-                 "test": (data.x_test, data.y_test)}
+    eval_sets = {"train": _rows(data.x_train, data.y_train, train_idx), "test": (data.x_test, data.y_test)}
     if len(val_idx):
-        eval_sets["val"] = (data.x_train[val_idx], data.y_train[val_idx])
+        eval_sets["val"] = _rows(data.x_train, data.y_train, val_idx)
     return KernelEngine(ks, sizes, params, train=eval_sets["train"], eval_sets=eval_sets, **opts)
+
+
+def _rows(x, y, idx):
+    """(x[idx], y[idx]), as views when idx (sorted, from split_data) is 0, 1, ..., n-1: without
+    a validation split, copying the 188 MB of Fashion-MNIST's training images cost up to a
+    second (its page faults) before the first step, for nothing."""
+    n = len(idx)
+    if n and idx[0] == 0 and idx[-1] == n - 1:
+        return x[:n], y[:n]
+    return x[idx], y[idx]
 
 
 def _cuda_problem(torch, device):
@@ -329,6 +342,8 @@ def train(cfg: Config) -> dict:
         "network": {"sizes": sizes, "parameters": int(sum(p.size for p in params0))},
         "data": {"dataset": data.name, "files": data.files, "train": len(train_idx),
                  "val": len(val_idx), "test": len(data.y_test)},
+        "compile_seconds": None,        # the warm-up before the first step: in no epoch's seconds
+        "compiled_functions": None,     # of it, the functions Numba compiled (0: all from its cache)
         "epochs": history,
     }
     metrics["config"]["batch_size_used"] = batch
@@ -345,6 +360,10 @@ def train(cfg: Config) -> dict:
     n_batches = math.ceil(n / batch)
     _say(cfg, f"training {'-'.join(map(str, sizes))} on {data.name} ({n} samples) with {cfg.kernels} "
               f"[{cfg.device}], {cfg.optimizer} lr={cfg.lr:g}, batch {batch}, {cfg.epochs} epochs -> {out}")
+    # compiling (or loading from Numba's cache) happens here, before the first timed step
+    warm = engine.warm_up(progress=None if cfg.quiet else sys.stderr)
+    metrics["compile_seconds"] = warm.seconds
+    metrics["compiled_functions"] = len(warm.compiled)
     # a diverging run overflows before its loss turns NaN; the loss check below reports it once
     with _InterruptFlag() as interrupt, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         while epoch < cfg.epochs:
@@ -454,7 +473,8 @@ def _finish(cfg, metrics, history, data, test_preds, out: Path):
     _write_metrics(out, metrics)
     width = max(len(c) for c in data.classes)
     lines = [f"test accuracy {100 * metrics['test_accuracy']:.2f}% ({cfg.kernels}, "
-             f"{metrics['seconds_per_epoch']:.2f} s/epoch, {metrics['samples_per_second']:,.0f} samples/s)"]
+             f"{metrics['seconds_per_epoch']:.2f} s/epoch, {metrics['samples_per_second']:,.0f} samples/s; "
+             f"{_compile_note(metrics)})"]
     if not cfg.quiet:
         lines.append("per-class accuracy:")
         lines += [f"  {c:<{width}}  {100 * a:6.2f}%" if a is not None else f"  {c:<{width}}     n/a"
@@ -463,6 +483,13 @@ def _finish(cfg, metrics, history, data, test_preds, out: Path):
         lines += ["  " + " ".join(f"{v:5d}" for v in row) for row in cm]
         lines.append(f"results in {out}")
     print("\n".join(lines), flush=True)
+
+
+def _compile_note(metrics: dict) -> str:
+    """What the run paid before its first step, which the figures beside it leave out."""
+    seconds, compiled = metrics.get("compile_seconds", 0.0), metrics.get("compiled_functions", 0)
+    what = f"compiling {compiled} functions" if compiled else "warm-up"
+    return f"{what} took {seconds:.2f} s before the first step, not counted"
 
 
 def _write_metrics(out: Path, metrics: dict) -> None:

@@ -165,5 +165,7 @@ def test_compare_writes_table_json_and_plot(small_mnist, tmp_path):
     rows = json.loads((tmp_path / "results" / "compare.json").read_text())["rows"]
     assert [r["kernels"] for r in rows] == ["numpy", "torch-autograd"]
     assert all(0 <= r["test_accuracy"] <= 1 and r["samples_per_second"] > 0 for r in rows)
+    # what a run pays once (a compile, torch's set-up) is a column of its own, in no other
+    assert "compile, once (s)" in md and all(r["compile_seconds"] >= 0 for r in rows)
     assert (tmp_path / "results" / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert len(list((tmp_path / "results" / "runs").glob("compare-*/numpy/metrics.json"))) == 1
