@@ -261,3 +261,18 @@ def test_fused_train_steps_is_the_set_s_op():
     np.testing.assert_array_equal(losses, want[2])
     for p, w in zip(params, want[0]):
         np.testing.assert_array_equal(p, w)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_loss_is_the_same_bits_whatever_the_threads(dtype):
+    """The loss is summed block by block in the blocks' order: the same bits on one thread or
+    two, and from call to call (a reduction over a dynamic schedule added the blocks in the
+    order the threads took them)."""
+    rng = np.random.default_rng(5)
+    z = (4 * rng.standard_normal((1000, 300))).astype(dtype)
+    y = rng.integers(0, 300, 1000)
+    losses = set()
+    for threads in (1, 2, 2, 2, 1):
+        loss, grad = kernels.get("cython", threads=threads).softmax_cross_entropy(z, y)
+        losses.add(float(loss))
+    assert len(losses) == 1, losses

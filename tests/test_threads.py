@@ -22,9 +22,6 @@ WORKERS = 4
 # (set, op name's start) pairs seen to differ, with why: reported, not hidden. The test xfails
 # when every difference it finds is one of these, and fails on any other.
 KNOWN = {
-    ("cython", "softmax_cross_entropy 300x1000"):
-        "cython's float64 loss differs by 1 ulp when calls overlap: its OpenMP reduction's result "
-        "depends on the team each call gets (kernels/_cython, the integrator's to fix)",
     ("torch", "matmul 257x300x129 trans_a=False trans_b=True"):
         "torch's float64 matmul with trans_b differed in the last bits (1e-13) on each worker's first "
         "round, in the full suite only: state of torch's own per thread, not this project's",

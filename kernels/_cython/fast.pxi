@@ -56,6 +56,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cython.parallel cimport prange, threadid
 from libc.math cimport exp, log, sqrt, sqrtf
 from libc.stdint cimport int64_t, uint64_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 cdef extern from "microkernel.h" nogil:
@@ -866,20 +867,39 @@ cdef double softmax_cross_entropy_rows(const floating *z, const int64_t *labels,
 cdef double softmax_cross_entropy_op(const floating *z, const int64_t *labels, floating *g,
                                      Py_ssize_t batch, Py_ssize_t classes) noexcept nogil:
     """The op on raw pointers (z, g (batch, classes)): the mean loss, accumulated in double.
-    Threads over blocks of rows when the batch is large enough to pay for them."""
-    cdef Py_ssize_t n_blocks = (batch + SOFTMAX_BLOCK_ROWS - 1) // SOFTMAX_BLOCK_ROWS, blk, r0
+    Threads over blocks of rows when the batch is large enough to pay for them.
+
+    The loss is summed block by block in the blocks' order, whatever the threads: each
+    block's sum goes to its own slot and the slots are added up after. A reduction over a
+    dynamic schedule added the blocks in whichever order the threads took them, so the same
+    call could give a loss a few ulp apart from run to run (seen in float64 when calls from
+    several Python threads overlapped)."""
+    cdef Py_ssize_t n_blocks = (batch + SOFTMAX_BLOCK_ROWS - 1) // SOFTMAX_BLOCK_ROWS, blk
     cdef double inv_batch = 1.0 / batch, loss = 0.0
     cdef int nt = threads_for(batch * classes, PAR_MIN_ELEMS // 4, n_blocks)
-    if nt == 1:
-        loss = softmax_cross_entropy_rows(z, labels, g, batch, classes, inv_batch)
-    else:
-        for blk in prange(n_blocks, num_threads=nt, schedule="dynamic"):
-            r0 = blk * SOFTMAX_BLOCK_ROWS
-            loss += softmax_cross_entropy_rows(
-                z + r0 * classes, labels + r0, g + r0 * classes,
-                SOFTMAX_BLOCK_ROWS if batch - r0 >= SOFTMAX_BLOCK_ROWS else batch - r0,
-                classes, inv_batch)
+    cdef double *block_loss = NULL
+    if nt > 1:
+        block_loss = <double *>malloc(n_blocks * sizeof(double))
+    if block_loss == NULL:              # one thread (or no memory for the slots): in order
+        for blk in range(n_blocks):
+            loss += softmax_xent_block(z, labels, g, batch, classes, inv_batch, blk)
+        return loss * inv_batch
+    for blk in prange(n_blocks, num_threads=nt, schedule="dynamic"):
+        block_loss[blk] = softmax_xent_block(z, labels, g, batch, classes, inv_batch, blk)
+    for blk in range(n_blocks):
+        loss += block_loss[blk]
+    free(block_loss)
     return loss * inv_batch
+
+
+cdef inline double softmax_xent_block(const floating *z, const int64_t *labels, floating *g,
+                                      Py_ssize_t batch, Py_ssize_t classes, double inv_batch,
+                                      Py_ssize_t blk) noexcept nogil:
+    """Block blk's SOFTMAX_BLOCK_ROWS rows (fewer at the end): the sum of their losses."""
+    cdef Py_ssize_t r0 = blk * SOFTMAX_BLOCK_ROWS
+    return softmax_cross_entropy_rows(
+        z + r0 * classes, labels + r0, g + r0 * classes,
+        SOFTMAX_BLOCK_ROWS if batch - r0 >= SOFTMAX_BLOCK_ROWS else batch - r0, classes, inv_batch)
 
 
 cdef double _softmax_cross_entropy(const floating *z, const int64_t *labels, floating *g,
