@@ -14,7 +14,10 @@ Steps, each in its own process so one cannot disturb the next:
    on the CPU beside them) -> bench-gpu.json;
 4. ``bench.time_to_accuracy`` (when the trainer is present) -> time_to_accuracy.json,
    ``bench.profile_step``: where a training step's time goes -> profile_step.json, and
-   ``bench.paired``: the targets' two sides timed in alternating turns -> paired.json;
+   ``bench.paired``: the targets' two sides timed in alternating turns -> paired.json, and
+   ``bench.peers_run``: every set against JAX, torch.compile and torch eager across network sizes,
+   and Adam against torch.optim.Adam, each framework in its own process -> peers.json
+   (about 35 minutes; --quick about 2; JAX from ``pip install -e .[peers]``, skipped without it);
 5. ``bench.peak`` again: the peaks kept are the best of the two measurements, so a disturbance
    during one of them does not understate the machine;
 6. ``bench.report`` -> REPORT.md and charts/.
@@ -97,7 +100,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="short timings and small peak problems: a smoke test")
     parser.add_argument("--dtypes", default="float32", help="comma-separated (default float32)")
     parser.add_argument("--skip", default="",
-                        help="comma-separated steps to skip: peak,first_call,bench,gpu,tta,profile,paired,report")
+                        help="comma-separated steps to skip: peak,first_call,bench,gpu,tta,profile,paired,peers,report")
     args = parser.parse_args(argv)
 
     import kernels
@@ -146,6 +149,9 @@ def main(argv=None):
     if "paired" not in skip:
         step("targets in alternating turns", [py, "-m", "bench.paired", "--threads", str(threads),
                                               "--out", str(out / "paired.json")] + quick, failures)
+    if "peers" not in skip:
+        step("against the peers, each in its own process", [py, "-m", "bench.peers_run", "--threads", str(threads),
+                                                             "--out", str(out / "peers.json")] + quick, failures)
     if "peak" not in skip:
         step("peak (after)", [py, "-m", "bench.peak", "--threads", str(threads), "--out", str(out / "peak-after.json")]
              + quick, failures)
