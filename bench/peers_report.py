@@ -47,6 +47,21 @@ def where(peers: dict) -> str:
     return f"{m.get('cpu', 'unknown CPU')}, {peers.get('threads', '?')} threads; " + ("; ".join(paths) or "ISA path not reported")
 
 
+def busy_note(peers) -> str:
+    """A warning when the load average exceeded the cores during the measurement."""
+    cores = peers.get("machine", {}).get("cores") or peers.get("threads")
+    parts = [c for c in peers.get("cells", []) + ([peers["adam"]] if peers.get("adam") else [])]
+    loads = [x for c in parts for x in (c.get("load") or []) if x is not None]
+    if not cores or not loads or max(loads) <= cores + 0.5:
+        return ""
+    over = sum(1 for c in parts if max((x for x in c.get("load") or [] if x is not None), default=0) > cores + 0.5)
+    return (f"**The machine was busy:** the 1-minute load average reached {max(loads):.1f} on {cores} cores "
+            f"({over} of {len(parts)} measurements above {cores + 0.5:g}): other processes ran beside these "
+            "turns, and a runtime whose threads wait for each other at every op (OpenMP under torch and the "
+            "cython set, OpenBLAS) loses most when one of its cores is taken. Rerun on a quiet machine before "
+            "quoting these figures.")
+
+
 def headline_cells(peers):
     return {c["batch"]: c for c in peers.get("cells", []) if tuple(c["sizes"]) == SEEDS_SIZES}
 
@@ -73,6 +88,9 @@ def section(peers: dict | None, reference: dict | None = None, peak: dict | None
         "(`python -m bench.peers_run`). *Ratio*: the best compiled set's samples/s over the strongest peer's, "
         "per round, median (spread: the middle half of the rounds).", "",
         "The trainers: " + "; ".join(f"`{t}`: {WHAT[t]}" for t in trainers) + ".", ""]
+    busy = busy_note(peers)
+    if busy:
+        lines += [busy, ""]
     if peers.get("skipped"):
         lines += ["Not measured: " + "; ".join(f"`{t}` ({why})" for t, why in peers["skipped"].items()) + ".", ""]
     head = headline_cells(peers)

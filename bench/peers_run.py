@@ -290,18 +290,32 @@ def judge(rates: dict) -> dict:
 def measure_cell(workers, sizes, batch, rounds, *, turn_s, settle, samples_per_call, sleep=time.sleep, log=print):
     """One (sizes, batch): set every worker up (compile, warm), size its turn, alternate."""
     info, units = {}, {}
+    load_before = _load()
     for name, w in workers.items():
         r = w.ask(cmd="train", trainer=name, sizes=list(sizes), batch=batch, optimizer="sgd", lr=SGD_LR,
                   samples_per_call=samples_per_call)
-        units[name] = turn_units(r["chunk"], w.time(r["chunk"]), turn_s)
+        chunk_s = w.time(r["chunk"])  # the first full chunk may compile (jax: the chunk's scan)
+        if chunk_s < turn_s:
+            chunk_s = min(chunk_s, w.time(r["chunk"]))
+        units[name] = turn_units(r["chunk"], chunk_s, turn_s)
         info[name] = {"isa": r["isa"], "setup_s": r["setup_s"], "units": units[name]}
     rates = alternate(workers, units, rounds, settle, sleep)
     cell = {"sizes": list(sizes), "batch": batch, "flops_per_sample": flops_per_sample(sizes), "rounds": rounds,
-            "rates": rates, "trainers": info, **judge(rates)}
+            "rates": rates, "trainers": info, "load": [load_before, _load()], **judge(rates)}
     line = "  ".join(f"{n} {cell['median'][n]:>9,.0f}" for n in workers)
     ratio = f"  best set / strongest peer {cell['value']:.2f}" if "value" in cell else ""
     log(f"{'-'.join(map(str, sizes)):>18} b{batch:<4} samples/s: {line}{ratio}", flush=True)
     return cell
+
+
+def _load():
+    """The 1-minute load average (None where the OS has none): above the core count, other
+    processes were running beside the measurement, and a pooled runtime whose threads wait for
+    each other at every op loses most when one of its cores is taken."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def measure_adam(variants, threads, rounds, *, turn_s, settle, sizes=SEEDS_SIZES, log=print):
@@ -313,6 +327,7 @@ def measure_adam(variants, threads, rounds, *, turn_s, settle, sizes=SEEDS_SIZES
             r = w.ask(cmd="adam", variant=v, sizes=list(sizes))
             units[v] = turn_units(1, w.time(1), turn_s)
             info[v] = {"isa": r["isa"], "versions": r["versions"], "what": P.ADAM_WHAT[v]}
+        load_before = _load()
         rates = alternate(workers, units, rounds, settle)
     finally:
         for w in workers.values():
@@ -321,7 +336,7 @@ def measure_adam(variants, threads, rounds, *, turn_s, settle, sizes=SEEDS_SIZES
             for v, r in rates.items()}
     for v, row in rows.items():
         log(f"adam {v:>14}: {row['us']:8.1f} us a step over {'-'.join(map(str, sizes))}'s parameters", flush=True)
-    return {"sizes": list(sizes), "rounds": rounds, "rows": rows}
+    return {"sizes": list(sizes), "rounds": rounds, "rows": rows, "load": [load_before, _load()]}
 
 
 def run(trainers, sizes_list, batches, threads, *, quick=False, adam=True, out=None, log=print,

@@ -169,7 +169,7 @@ def _fake_peers(quick=False):
     adam = {"sizes": [784, 128, 64, 10], "rounds": 3, "rows": {
         v: {"us": us, "us_rounds": [us] * 3, "isa": None, "what": P.ADAM_WHAT[v]}
         for v, us in (("numba", 150.0), ("torch", 700.0), ("torch-fused", 250.0))}}
-    return {"threads": 2, "quick": quick, "machine": {"cpu": "Test CPU"}, "lr": 0.05, "cells": cells,
+    return {"threads": 2, "quick": quick, "machine": {"cpu": "Test CPU", "cores": 2}, "lr": 0.05, "cells": cells,
             "what": {t: P.WHAT[t] for t in ("numpy", "numba", "cython", "jax", "torch-compile")},
             "skipped": {"torch-eager": "not here"}, "adam": adam}
 
@@ -188,3 +188,6 @@ def test_the_report_section_leads_with_the_strongest_peer(tmp_path):
     assert "`numba`'s `adam_step` against `torch.optim.Adam(fused=True)`: **1.67×**" in text
     assert "Provisional" not in text and "Provisional" in peers_report.section(_fake_peers(quick=True))
     assert "Not measured in this run" in peers_report.section(None)
+    assert "busy" not in text
+    peers["cells"][0]["load"] = [1.2, 4.5]
+    assert "load average reached 4.5 on 2 cores (1 of 5 measurements" in peers_report.section(peers)
