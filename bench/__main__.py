@@ -1,6 +1,7 @@
 """Run the whole benchmark suite and write the report: ``python -m bench``.
 
-    python -m bench                       # everything, into results/  (about 9 minutes on 2 cores)
+    python -m bench                       # everything, into results/  (about 40 minutes on 2 cores,
+                                          # 30 of them bench.peers_run; --skip peers: about 9)
     python -m bench --threads 2           # the thread count every set uses (default: every core)
     python -m bench --out results/runs/x  # somewhere else (results/runs/ is git-ignored)
     python -m bench --quick -- -k numpy   # a short smoke run; arguments after -- go to pytest
@@ -17,7 +18,7 @@ Steps, each in its own process so one cannot disturb the next:
    ``bench.paired``: the targets' two sides timed in alternating turns -> paired.json, and
    ``bench.peers_run``: every set against JAX, torch.compile and torch eager across network sizes,
    and Adam against torch.optim.Adam, each framework in its own process -> peers.json
-   (about 35 minutes; --quick about 2; JAX from ``pip install -e .[peers]``, skipped without it);
+   (about 30 minutes on a quiet machine; --quick about 2; JAX from ``pip install -e .[peers]``, skipped without it);
 5. ``bench.peak`` again: the peaks kept are the best of the two measurements, so a disturbance
    during one of them does not understate the machine;
 6. ``bench.report`` -> REPORT.md and charts/.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 import statistics
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def where(peers: dict) -> str:
                 isas.setdefault(name, info["isa"])
     paths = [f"{n}: {isas.get(n, 'path not reported')}" for n in SETS if n in peers.get("what", {}) or n in isas]
     if peers.get("isa_paths"):
-        paths.append(f"the CPU runs {', '.join(peers['isa_paths'])}"
+        paths.append(f"the CPU's best path {peers['isa_paths'][0]}"
                      + (f" (KERNELS_ISA={peers['isa_forced']})" if peers.get("isa_forced") else ""))
     return f"{m.get('cpu', 'unknown CPU')}, {peers.get('threads', '?')} threads; " + ("; ".join(paths) or "ISA path not reported")
 
@@ -83,7 +84,8 @@ def section(peers: dict | None, reference: dict | None = None, peak: dict | None
         "trainer (`bench/peers.py`; tests/test_peers.py checks that every trainer ends where the numpy set's "
         "`train_steps` does). Each framework ran in a process of its own, in alternating turns (A B C, C B A, "
         f"…; a pause of {peers.get('settle_s', 0.2):g} s before each turn, a few untimed steps, then whole "
-        f"chunks of {peers.get('samples_per_call', 4096)} samples for about {peers.get('turn_s', 0.5):g} s), so "
+        f"chunks of {peers.get('samples_per_call', 4096)} samples, or whole steps where a chunk is slower, for "
+        f"about {peers.get('turn_s', 0.5):g} s), so "
         "no runtime's idle thread pool shares the cores with another's; medians over the rounds "
         "(`python -m bench.peers_run`). *Ratio*: the best compiled set's samples/s over the strongest peer's, "
         "per round, median (spread: the middle half of the rounds).", "",
@@ -219,7 +221,7 @@ def charts(peers: dict | None, peak: dict | None, out_dir: Path) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     made = {}
-    subtitle = where(peers)
+    subtitle = "\n".join(textwrap.wrap(where(peers), 110))
     cells = [c for c in peers["cells"] if "value" in c]
     nets = sorted({tuple(c["sizes"]) for c in cells}, key=lambda s: (len(s), s[1:]))
     batches = sorted({c["batch"] for c in cells})
@@ -234,16 +236,20 @@ def charts(peers: dict | None, peak: dict | None, out_dir: Path) -> dict:
             for j, b in enumerate(batches):
                 if (n, b) in by:
                     c = by[(n, b)]
+                    dark = abs(math.log(c["value"])) > 0.6 * math.log(span)  # white on the deep colours
                     ax.text(j, i, f"{c['value']:.2f}\n{c['best_set']}/{c['best_peer']}", ha="center",
-                            va="center", fontsize=6.5)
+                            va="center", fontsize=6.5, color="white" if dark else "black")
         ax.set_xticks(range(len(batches)), [str(b) for b in batches])
         ax.set_yticks(range(len(nets)), [_net(n) for n in nets])
         ax.set(xlabel="batch size", title=f"best compiled set / strongest peer (samples/s, >1: the set leads)\n{subtitle}")
         ax.title.set_fontsize(8)
-        fig.colorbar(im, ax=ax, shrink=0.8)
+        ticks = [t for t in (0.125, 0.25, 0.5, 1, 2, 4, 8) if 1 / span <= t <= span]
+        bar = fig.colorbar(im, ax=ax, shrink=0.8, ticks=ticks)
+        bar.ax.minorticks_off()
+        bar.ax.set_yticklabels([f"{t:g}×" for t in ticks])
         made["peers_heatmap"] = save_atomic(fig, out_dir / "peers_heatmap.png")
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(9.5, 5.5))
     names = [t for t in SETS + PEERS if any(t in c["median"] for c in peers["cells"])]
     markers = {b: m for b, m in zip(sorted({c["batch"] for c in peers["cells"]}), "o s D ^ v P X *".split())}
     for k, name in enumerate(names):
@@ -264,7 +270,7 @@ def charts(peers: dict | None, peak: dict | None, out_dir: Path) -> dict:
     ax.set(xscale="log", yscale="log", xlabel="dense FLOPs per sample (forward + backward)",
            ylabel="seconds per sample", title=f"time per sample against FLOPs per sample (SGD)\n{subtitle}")
     ax.title.set_fontsize(8)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(True, which="both", alpha=0.3)
     made["peers_time_vs_flops"] = save_atomic(fig, out_dir / "peers_time_vs_flops.png")
     return made

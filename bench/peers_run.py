@@ -15,8 +15,11 @@ here gives the workers turns one at a time: A B C, C B A, A B C, ... with a paus
 ``SETTLE_S`` before each turn, so the previous worker's pool has gone to sleep. Each turn first
 trains a few steps untimed (the pool wakes, caches warm), then times whole chunks of the epoch
 (``SAMPLES_PER_CALL`` samples, one ``train_steps`` call or one jax chunk each) for about
-``TURN_S``, continuing through a fixed permutation of the training set. Every worker pins
-itself to ``threads`` cores and gives its runtime ``threads`` threads.
+``TURN_S``, continuing through a fixed permutation of the training set; a trainer too slow
+for a chunk in that time (batch 1 on the wide networks) times whole steps instead. A cell's
+turns are sized from a probe of a few hundred samples, and one untimed turn compiles whatever
+the probe did not. Every worker pins itself to ``threads`` cores and gives its runtime
+``threads`` threads.
 
 What is measured:
 
@@ -29,8 +32,11 @@ What is measured:
   own process, in alternating turns: microseconds a step.
 
 Writes peers.json (after every cell, so an interrupted run keeps what it measured); bench.report
-reads it (bench/peers_report.py). A full run takes about 35 minutes on 2 cores (most of it
-torch.compile compiling 35 cells), ``--quick`` about two.
+reads it (bench/peers_report.py). A full run takes about 30 minutes on a quiet 2-core machine
+(35 cells, each set up by every worker: torch.compile compiles for about 12 s a cell), ``--quick``
+about two. Beside other busy processes it takes longer and its figures mean little: a pooled
+runtime whose threads wait for each other at every op collapses when a neighbour takes one of
+its cores (each cell records the load average, and the report says when it was high).
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ SGD_LR = 0.05
 TURN_S = 0.5          # a timed turn lasts about this long (whole chunks: at least one)
 SETTLE_S = 0.2        # the pause before each turn: the last worker's pool goes to sleep
 WARM_STEPS = 3        # untimed steps at the start of each turn
+PROBE_SAMPLES = 256   # timed (twice) to size a cell's turns
 GRID_ROUNDS, HEADLINE_ROUNDS, ADAM_ROUNDS = 3, 7, 15
 ADAM_TURN_S = 0.2
 QUICK = dict(sizes=(SEEDS_SIZES,), batches=(1, 128), grid_rounds=2, headline_rounds=3, adam_rounds=5,
@@ -153,9 +160,22 @@ def pin(threads):
         os.sched_setaffinity(0, cpus[:threads])
 
 
+def _die_with_parent():
+    """On Linux, have the kernel end this worker when the driver ends (killed, or interrupted in the
+    middle of a long turn); elsewhere the worker ends when its stdin closes, after its command."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def worker(name, threads):
     """Answer the driver's JSON lines on stdin, one reply a line on stdout; nothing else is printed
     there (the runtimes' own messages go to stderr)."""
+    _die_with_parent()
     pin(threads)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -253,9 +273,19 @@ class Worker:
         self.log.close()
 
 
-def turn_units(chunk, chunk_s, turn_s):
-    """Whole chunks making a turn of about turn_s (one at least), from one chunk's time."""
-    return chunk * max(1, round(turn_s / max(chunk_s, 1e-9)))
+def turn_units(step, chunk, units_per_s, turn_s):
+    """How many units make a turn of about turn_s at units_per_s: whole chunks where a chunk
+    takes less than the turn, else whole steps (``step`` units each, one at least). A slow
+    trainer at batch 1 (a big network, torch eager) would take seconds over one 4096-step chunk."""
+    want = units_per_s * turn_s
+    if want >= chunk:
+        return chunk * round(want / chunk)
+    return step * max(1, round(want / step))
+
+
+def probe_units(step, chunk):
+    """The units timed to size a turn: a few hundred samples (whole steps), a chunk at most."""
+    return min(chunk, step * max(1, PROBE_SAMPLES // step))
 
 
 def alternate(workers: dict, units: dict, rounds: int, settle=SETTLE_S, sleep=time.sleep) -> dict:
@@ -294,10 +324,10 @@ def measure_cell(workers, sizes, batch, rounds, *, turn_s, settle, samples_per_c
     for name, w in workers.items():
         r = w.ask(cmd="train", trainer=name, sizes=list(sizes), batch=batch, optimizer="sgd", lr=SGD_LR,
                   samples_per_call=samples_per_call)
-        chunk_s = w.time(r["chunk"])  # the first full chunk may compile (jax: the chunk's scan)
-        if chunk_s < turn_s:
-            chunk_s = min(chunk_s, w.time(r["chunk"]))
-        units[name] = turn_units(r["chunk"], chunk_s, turn_s)
+        probe = probe_units(batch, r["chunk"])
+        probe_s = min(w.time(probe), w.time(probe))  # the first may compile (jax: a scan of this length)
+        units[name] = turn_units(batch, r["chunk"], probe / probe_s, turn_s)
+        w.time(units[name])  # untimed: compiles what a turn runs that the probe did not (jax: its scan lengths)
         info[name] = {"isa": r["isa"], "setup_s": r["setup_s"], "units": units[name]}
     rates = alternate(workers, units, rounds, settle, sleep)
     cell = {"sizes": list(sizes), "batch": batch, "flops_per_sample": flops_per_sample(sizes), "rounds": rounds,
@@ -325,7 +355,7 @@ def measure_adam(variants, threads, rounds, *, turn_s, settle, sizes=SEEDS_SIZES
         for v in variants:
             workers[v] = w = Worker(f"adam:{v}", threads)
             r = w.ask(cmd="adam", variant=v, sizes=list(sizes))
-            units[v] = turn_units(1, w.time(1), turn_s)
+            units[v] = turn_units(1, 1, 1 / min(w.time(1), w.time(1)), turn_s)
             info[v] = {"isa": r["isa"], "versions": r["versions"], "what": P.ADAM_WHAT[v]}
         load_before = _load()
         rates = alternate(workers, units, rounds, settle)
@@ -383,6 +413,10 @@ def run(trainers, sizes_list, batches, threads, *, quick=False, adam=True, out=N
     return result
 
 
+def _terminated(signum, frame):
+    raise SystemExit(f"bench.peers_run: ended by signal {signum}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -399,6 +433,9 @@ def main(argv=None) -> int:
         parser.error(f"--threads must be 1 or more, got {args.threads}")
     if args.worker:
         return worker(args.worker, args.threads)
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminated)  # so that the workers are closed on the way out
     trainers = [t for t in args.trainers.split(",") if t]
     unknown = [t for t in trainers if t not in P.TRAINERS]
     if unknown or not trainers:

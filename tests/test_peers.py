@@ -114,9 +114,11 @@ def test_the_ratio_is_the_median_of_each_rounds_best_set_over_strongest_peer():
     assert "value" not in R.judge({"numpy": [1.0], "numba": [2.0]})  # no peer: no ratio
 
 
-def test_a_turn_is_whole_chunks():
-    assert R.turn_units(4096, 0.1, 0.5) == 5 * 4096
-    assert R.turn_units(4096, 2.0, 0.5) == 4096  # one chunk at least
+def test_a_turn_is_whole_chunks_or_whole_steps():
+    assert R.turn_units(128, 4096, 40960, 0.5) == 5 * 4096     # 0.1 s a chunk: five of them
+    assert R.turn_units(128, 4096, 2048, 0.5) == 1024          # 2 s a chunk: whole steps of half a second
+    assert R.turn_units(512, 4096, 10, 0.5) == 512             # one step at least
+    assert R.probe_units(1, 4096) == 256 and R.probe_units(512, 4096) == 512 and R.probe_units(8, 64) == 64
     assert R.flops_per_sample([784, 128, 64, 10]) == 2.0 * (2 * (784 * 128 + 128 * 64 + 64 * 10) + 128 * 64 + 64 * 10)
 
 
