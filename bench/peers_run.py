@@ -322,17 +322,23 @@ def measure_cell(workers, sizes, batch, rounds, *, turn_s, settle, samples_per_c
     info, units = {}, {}
     load_before = _load()
     for name, w in workers.items():
-        r = w.ask(cmd="train", trainer=name, sizes=list(sizes), batch=batch, optimizer="sgd", lr=SGD_LR,
-                  samples_per_call=samples_per_call)
-        probe = probe_units(batch, r["chunk"])
-        probe_s = min(w.time(probe), w.time(probe))  # the first may compile (jax: a scan of this length)
-        units[name] = turn_units(batch, r["chunk"], probe / probe_s, turn_s)
-        w.time(units[name])  # untimed: compiles what a turn runs that the probe did not (jax: its scan lengths)
+        try:
+            r = w.ask(cmd="train", trainer=name, sizes=list(sizes), batch=batch, optimizer="sgd", lr=SGD_LR,
+                      samples_per_call=samples_per_call)
+            probe = probe_units(batch, r["chunk"])
+            probe_s = min(w.time(probe), w.time(probe))  # the first may compile (jax: a scan of this length)
+            units[name] = turn_units(batch, r["chunk"], probe / probe_s, turn_s)
+            w.time(units[name])  # untimed: compiles what a turn runs that the probe did not (jax: its scan lengths)
+        except PeerError as e:  # this trainer sits the cell out; the grid goes on
+            units.pop(name, None)
+            info[name] = {"error": str(e)}
+            log(f"{name} at {'-'.join(map(str, sizes))} batch {batch}: {e}", flush=True)
+            continue
         info[name] = {"isa": r["isa"], "setup_s": r["setup_s"], "units": units[name]}
-    rates = alternate(workers, units, rounds, settle, sleep)
+    rates = alternate({n: workers[n] for n in units}, units, rounds, settle, sleep)
     cell = {"sizes": list(sizes), "batch": batch, "flops_per_sample": flops_per_sample(sizes), "rounds": rounds,
             "rates": rates, "trainers": info, "load": [load_before, _load()], **judge(rates)}
-    line = "  ".join(f"{n} {cell['median'][n]:>9,.0f}" for n in workers)
+    line = "  ".join(f"{n} {cell['median'][n]:>9,.0f}" for n in units)
     ratio = f"  best set / strongest peer {cell['value']:.2f}" if "value" in cell else ""
     log(f"{'-'.join(map(str, sizes)):>18} b{batch:<4} samples/s: {line}{ratio}", flush=True)
     return cell

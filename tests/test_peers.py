@@ -114,6 +114,32 @@ def test_the_ratio_is_the_median_of_each_rounds_best_set_over_strongest_peer():
     assert "value" not in R.judge({"numpy": [1.0], "numba": [2.0]})  # no peer: no ratio
 
 
+class FakeProcess:
+    """A worker's face for measure_cell: set up (or fail to), then time at a fixed rate."""
+
+    def __init__(self, rate, fails=False):
+        self.rate, self.fails = rate, fails
+
+    def ask(self, **msg):
+        if self.fails:
+            raise R.PeerError("worker 'jax': RuntimeError: no")
+        return {"isa": "avx512", "chunk": 64, "setup_s": 0.0}
+
+    def time(self, units):
+        return units / self.rate
+
+
+def test_a_cell_goes_on_without_a_trainer_that_fails():
+    workers = {"numba": FakeProcess(1000.0), "jax": FakeProcess(1.0, fails=True), "torch-eager": FakeProcess(500.0)}
+    cell = R.measure_cell(workers, (784, 16, 10), 8, rounds=3, turn_s=0.1, settle=0.0, samples_per_call=64,
+                          sleep=lambda s: None, log=lambda *a, **k: None)
+    assert cell["trainers"]["jax"] == {"error": "worker 'jax': RuntimeError: no"}
+    assert set(cell["rates"]) == {"numba", "torch-eager"}
+    assert cell["trainers"]["numba"]["units"] == 128  # 100 samples a turn: the nearest whole chunks, two
+    assert cell["trainers"]["torch-eager"]["units"] == 48  # 50 samples: less than a chunk, whole steps of 8
+    assert cell["value"] == 2.0 and cell["best_peer"] == "torch-eager"
+
+
 def test_a_turn_is_whole_chunks_or_whole_steps():
     assert R.turn_units(128, 4096, 40960, 0.5) == 5 * 4096     # 0.1 s a chunk: five of them
     assert R.turn_units(128, 4096, 2048, 0.5) == 1024          # 2 s a chunk: whole steps of half a second
