@@ -23,6 +23,9 @@ The trainers (``TRAINERS``):
   (gather, forward, loss, ``torch.func.grad_and_value``, update), called once a step.
 * ``torch-eager``: the same step in eager PyTorch on preloaded tensors (``index_select`` from
   the training set), autograd, ``torch.optim.SGD/Adam(foreach=True)``.
+* ``torch-reference``: the seeds' reference, ``nn.torch_reference.TorchEngine`` (an nn.Module
+  fed by a DataLoader, as PyTorch's tutorials write it): timed beside the others for context,
+  never counted as a peer.
 
 The torch peers keep the weights in the sets' (in, out) layout and use ``addmm``; they differ
 from the idiomatic reference (nn/torch_reference.py: an nn.Module fed by a DataLoader) in
@@ -43,7 +46,8 @@ import numpy as np
 
 SETS = ("numpy", "numba", "cython")           # kernel sets: KernelEngine over ks.train_steps
 PEERS = ("jax", "torch-compile", "torch-eager")
-TRAINERS = SETS + PEERS
+REFERENCE = "torch-reference"                  # the seeds' comparison: context, never a peer
+TRAINERS = SETS + PEERS + (REFERENCE,)
 WHAT = {
     "numpy": "numpy set, `ks.train_steps` (its kernels composed op by op)",
     "numba": "numba set, `ks.train_steps` (fused in compiled code)",
@@ -51,6 +55,7 @@ WHAT = {
     "jax": "`jax.jit` of a chunk of steps (`lax.scan`, gather inside, donated parameters)",
     "torch-compile": "`torch.compile` (inductor, fullgraph) of the whole functional step",
     "torch-eager": "torch eager on preloaded tensors, `foreach` SGD / Adam",
+    REFERENCE: "the seeds' idiomatic PyTorch trainer (nn.Module, DataLoader, torch.optim; nn/torch_reference.py)",
 }
 SAMPLES_PER_CALL = 4096    # KernelEngine's: one train_steps call (one jax chunk) per this many samples
 BETAS, EPS = (0.9, 0.999), 1e-8
@@ -76,10 +81,12 @@ def steps_per_call(batch: int, samples_per_call: int = SAMPLES_PER_CALL) -> int:
 
 
 def make(name, sizes, params, x, y, *, batch, optimizer="sgd", lr=0.05, threads=None,
-         samples_per_call=SAMPLES_PER_CALL):
+         samples_per_call=SAMPLES_PER_CALL, data=None):
     """A trainer of ``sizes`` starting from ``params`` (NumPy, copied), over x (N, n0) float32 and
     y (N,) int64. ``trainer.train(order)`` trains on x[order] (a multiple of ``batch`` rows);
-    ``trainer.params()`` is the parameters as NumPy, (in, out) weights."""
+    ``trainer.params()`` is the parameters as NumPy, (in, out) weights. ``data``: the
+    nn.data.Dataset that x and y are the training set of, for the reference to read as it
+    reads it (Fashion-MNIST's files through torchvision); without it, tensors of x and y."""
     reason = unavailable(name)
     if reason is not None:
         raise RuntimeError(f"trainer {name!r} cannot run here: {reason}")
@@ -88,9 +95,14 @@ def make(name, sizes, params, x, y, *, batch, optimizer="sgd", lr=0.05, threads=
     if len(params) != 2 * (len(sizes) - 1):
         raise ValueError(f"params must be [w1, b1, ..., wL, bL] for sizes {sizes}: "
                          f"{2 * (len(sizes) - 1)} arrays, got {len(params)}")
+    params = [np.array(p, np.float32) for p in params]
+    if name == REFERENCE:
+        return ReferenceTrainer(name, list(sizes), params, x, y, batch=int(batch), optimizer=optimizer,
+                                lr=float(lr), threads=threads, steps=steps_per_call(batch, samples_per_call),
+                                data=data)
     cls = {"jax": JaxTrainer, "torch-compile": TorchCompileTrainer, "torch-eager": TorchEagerTrainer}.get(name, SetTrainer)
-    return cls(name, list(sizes), [np.array(p, np.float32) for p in params], x, y, batch=int(batch),
-               optimizer=optimizer, lr=float(lr), threads=threads, steps=steps_per_call(batch, samples_per_call))
+    return cls(name, list(sizes), params, x, y, batch=int(batch), optimizer=optimizer, lr=float(lr),
+               threads=threads, steps=steps_per_call(batch, samples_per_call))
 
 
 class _Trainer:
@@ -279,6 +291,31 @@ class TorchEagerTrainer(_TorchTrainer):
             loss.backward()
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
+
+
+class ReferenceTrainer(_Trainer):
+    """The seeds' reference trainer, as nn.train runs it: ``TorchEngine.epoch`` (DataLoader batches,
+    loss.item() after every step)."""
+
+    isa = None
+
+    def __init__(self, name, sizes, params, x, y, *, data=None, **kw):
+        super().__init__(name, sizes, params, x, y, **kw)
+        from nn.data import Dataset
+        from nn.torch_reference import TorchEngine
+
+        _torch(self.threads)
+        if data is None:
+            data = Dataset("arrays", x, y, x[:1], y[:1], tuple(str(c) for c in range(sizes[-1])), {})
+        self.engine = TorchEngine(data, sizes, params, train_idx=np.arange(len(y)), optimizer=self.optimizer,
+                                  lr=self.lr, batch_size=self.batch, threads=self.threads)
+
+    def train(self, order):
+        for _ in self.engine.epoch(self._check(order)):
+            pass
+
+    def params(self):
+        return list(self.engine.state()[0].values())
 
 
 # ---------------------------------------------------------------- Adam over the MLP's parameters

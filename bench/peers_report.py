@@ -14,7 +14,7 @@ import textwrap
 import statistics
 from pathlib import Path
 
-from bench.peers import PEERS, SETS, WHAT
+from bench.peers import PEERS, REFERENCE, SETS, WHAT
 from bench.peers_run import SEEDS_SIZES
 
 # The issue's targets for the best compiled set against the strongest peer, 784-128-64-10.
@@ -61,6 +61,15 @@ def busy_note(peers) -> str:
             "turns, and a runtime whose threads wait for each other at every op (OpenMP under torch and the "
             "cython set, OpenBLAS) loses most when one of its cores is taken. Rerun on a quiet machine before "
             "quoting these figures.")
+
+
+def against(cell, other):
+    """The median over a cell's rounds of the best compiled set's samples/s over ``other``'s, or None."""
+    rates = cell.get("rates", {})
+    sets = [s for s in SETS if s in rates and s != "numpy"]
+    if other not in rates or not sets:
+        return None
+    return statistics.median(max(rates[s][r] for s in sets) / rates[other][r] for r in range(len(rates[other])))
 
 
 def headline_cells(peers):
@@ -111,14 +120,18 @@ def section(peers: dict | None, reference: dict | None = None, peak: dict | None
             else:
                 row += ["–"] * 5
             row += [f"{med[t]:,.0f}" if t in med else "–" for t in trainers]
-            row.append(f"{reference[b]:,.0f}" if reference and b in reference else "–")
+            if REFERENCE in med:  # measured here, in alternating turns
+                row.append(f"{med[REFERENCE]:,.0f} (sets {against(c, REFERENCE):.0f}×)")
+            else:
+                row.append(f"{reference[b]:,.0f} (suite)" if reference and b in reference else "–")
             rows.append(row)
         lines += [f"Samples per second, {_net(SEEDS_SIZES)}, one SGD epoch's chunks:", "",
                   _table(["batch", "strongest peer", "best compiled set", "ratio", "spread", "target"]
                          + [f"`{t}`" for t in trainers] + ["seeds' reference"], rows), "",
                   "*Seeds' reference*: the idiomatic PyTorch trainer (an `nn.Module` fed by a `DataLoader`, "
-                  "nn/torch_reference.py), from the suite's `test_epoch` (timed in the suite's own turn, not "
-                  "alternating): what the seeds compare against, and no peer to beat.", ""]
+                  "nn/torch_reference.py), what the seeds compare against and no peer to beat: timed here in "
+                  "alternating turns with the best compiled set's lead over it in brackets, or else *(suite)*, "
+                  "from the suite's `test_epoch` in a turn of its own.", ""]
     lines += _grid(peers, peak)
     lines += _adam(peers.get("adam"))
     for key, title in (("peers_heatmap", "best compiled set / strongest peer across network sizes"),

@@ -2,7 +2,7 @@
 alternating turns: ``python -m bench.peers_run``.
 
     python -m bench.peers_run [--threads 2] [--out results/peers.json] [--quick]
-                              [--trainers numpy,numba,cython,jax,torch-compile,torch-eager]
+                              [--trainers numpy,numba,cython,jax,torch-compile,torch-eager,torch-reference]
                               [--sizes 784-128-64-10,784-64-10] [--batches 1,32,128] [--no-adam]
 
 Why processes: on a machine with few cores a runtime's idle thread pool keeps spinning after
@@ -116,7 +116,7 @@ class _Job:
         self.trainer = P.make(msg["trainer"], sizes, init_params(sizes, "he", np.random.default_rng(0)),
                               data.x_train, data.y_train, batch=self.batch, optimizer=msg.get("optimizer", "sgd"),
                               lr=float(msg.get("lr", SGD_LR)), threads=threads,
-                              samples_per_call=int(msg.get("samples_per_call", P.SAMPLES_PER_CALL)))
+                              samples_per_call=int(msg.get("samples_per_call", P.SAMPLES_PER_CALL)), data=data)
         self.isa = getattr(self.trainer, "isa", None)
         self.chunk = self.trainer.steps * self.batch
         n = len(data.y_train) - len(data.y_train) % self.batch

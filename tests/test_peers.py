@@ -190,7 +190,7 @@ def _fake_peers(quick=False):
     for sizes in ([784, 64, 10], [784, 128, 64, 10]):
         for b, r in ((1, 3.0), (128, 0.8)):
             rates = {"numpy": [1000.0] * 3, "cython": [3000.0 * r] * 3, "numba": [2000.0] * 3,
-                     "jax": [3000.0] * 3, "torch-compile": [900.0] * 3}
+                     "jax": [3000.0] * 3, "torch-compile": [900.0] * 3, "torch-reference": [100.0] * 3}
             cells.append({"sizes": sizes, "batch": b, "flops_per_sample": R.flops_per_sample(sizes), "rounds": 3,
                           "rates": rates, "trainers": {"cython": {"isa": "avx512"}, "numpy": {"isa": "openblas:X"}},
                           **R.judge(rates)})
@@ -211,7 +211,9 @@ def test_the_report_section_leads_with_the_strongest_peer(tmp_path):
     assert "Test CPU, 2 threads; numpy: openblas:X; numba: path not reported; cython: avx512" in text
     assert "| 1 | `jax` 3,000 | `cython` 9,000 | **3.00×** |" in text
     assert "≥ 2.5: met" in text and "≥ 1.2: not met" in text
-    assert "16,000" in text and "seeds' reference" in text  # the DataLoader trainer, as context
+    assert "| 100 (sets 90×) |" in text  # the DataLoader trainer, as context, never the strongest peer
+    del peers["cells"][3]["rates"]["torch-reference"], peers["cells"][3]["median"]["torch-reference"]  # b128
+    assert "| 16,000 (suite) |" in peers_report.section(peers, {1: 1900.0, 128: 16000.0})
     assert "lead in 2 of 4 cells" in text
     assert "`numba`'s `adam_step` against `torch.optim.Adam(fused=True)`: **1.67×**" in text
     assert "Provisional" not in text and "Provisional" in peers_report.section(_fake_peers(quick=True))
