@@ -221,3 +221,12 @@ def test_the_report_section_leads_with_the_strongest_peer(tmp_path):
     assert "busy" not in text
     peers["cells"][0]["load"] = [1.2, 4.5]
     assert "load average reached 4.5 on 2 cores (1 of 5 measurements" in peers_report.section(peers)
+
+
+def test_without_jax_its_trainer_is_skipped_with_how_to_install(monkeypatch):
+    real = P.importlib.util.find_spec
+    monkeypatch.setattr(P.importlib.util, "find_spec", lambda name, *a: None if name == "jax" else real(name, *a))
+    assert "pip install -e .[peers]" in P.unavailable("jax")
+    assert P.unavailable("torch-compile") is None
+    with pytest.raises(RuntimeError, match=r"pip install -e \.\[peers\]"):
+        P.make("jax", SIZES, [], np.zeros((1, 784), np.float32), np.zeros(1, np.int64), batch=1)
