@@ -70,7 +70,7 @@ PROBE_SAMPLES = 256   # timed (twice) to size a cell's turns
 GRID_ROUNDS, HEADLINE_ROUNDS, ADAM_ROUNDS = 3, 7, 15
 ADAM_TURN_S = 0.2
 QUICK = dict(sizes=(SEEDS_SIZES,), batches=(1, 128), grid_rounds=2, headline_rounds=3, adam_rounds=5,
-             turn_s=0.1, adam_turn_s=0.05, settle_s=0.05, samples_per_call=1024)
+             turn_s=0.1, adam_turn_s=0.05, settle_s=SETTLE_S, samples_per_call=1024)
 
 
 def flops_per_sample(sizes) -> float:
