@@ -1,6 +1,7 @@
 """Run the whole benchmark suite and write the report: ``python -m bench``.
 
-    python -m bench                       # everything, into results/  (about 9 minutes on 2 cores)
+    python -m bench                       # everything, into results/  (about 40 minutes on 2 cores,
+                                          # 30 of them bench.peers_run; --skip peers: about 9)
     python -m bench --threads 2           # the thread count every set uses (default: every core)
     python -m bench --out results/runs/x  # somewhere else (results/runs/ is git-ignored)
     python -m bench --quick -- -k numpy   # a short smoke run; arguments after -- go to pytest
@@ -20,6 +21,9 @@ Steps, each in its own process so one cannot disturb the next:
    ``bench.paired``: the targets' two sides timed in alternating turns -> paired.json, and
    once more for each other tuned instruction-set path this CPU runs (KERNELS_ISA=avx2 on an
    AVX-512 machine, against OpenBLAS's Haswell kernel) -> paired-<path>.json;
+   ``bench.peers_run``: every set against JAX, torch.compile and torch eager across network sizes,
+   and Adam against torch.optim.Adam, each framework in its own process -> peers.json
+   (about 30 minutes on a quiet machine; --quick about 2; JAX from ``pip install -e .[peers]``, skipped without it);
 5. ``bench.peak`` again: the peaks kept are the best of the two measurements, so a disturbance
    during one of them does not understate the machine;
 6. ``bench.report`` -> REPORT.md and charts/.
@@ -125,7 +129,7 @@ def main(argv=None):
     parser.add_argument("--dtypes", default="float32", help="comma-separated (default float32)")
     parser.add_argument("--skip", default="",
                         help="comma-separated steps to skip: "
-                             "peak,first_call,warmup,bench,gpu,tta,profile,paired,paths,report")
+                             "peak,first_call,warmup,bench,gpu,tta,profile,paired,paths,peers,report")
     args = parser.parse_args(argv)
 
     import kernels
@@ -184,6 +188,9 @@ def main(argv=None):
             step(f"targets in alternating turns, {path} path", [py, "-m", "bench.paired", "--threads", str(threads),
                                                               "--out", str(out / f"paired-{path}.json")] + quick,
                  failures, env=env)
+    if "peers" not in skip:
+        step("against the peers, each in its own process", [py, "-m", "bench.peers_run", "--threads", str(threads),
+                                                             "--out", str(out / "peers.json")] + quick, failures)
     if "peak" not in skip:
         step("peak (after)", [py, "-m", "bench.peak", "--threads", str(threads), "--out", str(out / "peak-after.json")]
              + quick, failures)
