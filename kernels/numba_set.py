@@ -41,9 +41,14 @@ Design note
   ``_gemm_rows`` computes one row of C at a time with loops LLVM vectorises.
 * Threads split the output into row (or column) ranges, one task per thread, each running the
   five loops on its own range with its own packing buffers (``prange`` over tasks, the one
-  parallel loop of the matmul). Problems under PARALLEL_MIN_FMAS run on one thread: the
-  OpenMP fork/join costs more than it saves. The thread count is passed down from Python
-  (``_threads``): Numba's get_num_threads inside jitted code defeats ``cache=True``.
+  parallel loop of the matmul, in ``_gemm`` itself). Problems under PARALLEL_MIN_FMAS run on
+  one thread: the OpenMP fork/join costs more than it saves. The thread count is passed down
+  from Python (``_threads``): Numba's get_num_threads inside jitted code defeats ``cache=True``.
+* Compile time: Numba links each jitted callee's LLVM module into its caller and optimises
+  and code-generates it again there, so the matmul was compiled once per jitted function on
+  the way from ``_train_steps`` down to ``_gemm_range``. The task loop therefore sits in
+  ``_gemm`` itself, not in a parallel function of its own (``_gemm_threads`` is the ladder's
+  rung only): one unit and one parfor fewer, 2.5-6 s of a cold start on 2 cores (see _gemm).
 * Directives: ``@njit(cache=True)`` everywhere; ``fastmath=True`` on the matmul, the
   elementwise ops and the optimizers (reassociation and contraction are harmless there);
   softmax-cross-entropy keeps IEEE semantics (``nnan``/``ninf`` would break its +-inf logic)
@@ -552,34 +557,56 @@ def _gemm_rows(a, b, c, trans_a, trans_b, bias, relu):
                 cf[U(row + j)] = max(cf[U(row + j)], 0)
 
 
+@njit(cache=True, inline="always")
+def _task_split(c, tasks):
+    # How `tasks` tasks share c: by rows, or by columns when c is wide (the longer side,
+    # counted in micro-tiles), in steps of whole micro-tiles. (by_rows, size, step).
+    mr_, nr_, _, _, _ = _blocking(c)
+    m, n = c.shape
+    by_rows = m * nr_ >= n * mr_
+    size = m if by_rows else n
+    unit = mr_ if by_rows else nr_
+    return by_rows, size, ((size + tasks - 1) // tasks + unit - 1) // unit * unit
+
+
+@njit(cache=True, inline="always")
+def _gemm_task(a, b, c, trans_a, trans_b, bias, relu, tasks, pack, work, t, by_rows, size, step):
+    # Task t of _task_split's split: its rows (or columns) of c, packing into its own 1/tasks
+    # of work
+    lo = min(size, t * step)
+    hi = min(size, lo + step)
+    share = work.size // tasks
+    mine = work[t * share:(t + 1) * share]
+    if lo < hi:
+        m, n = c.shape
+        zero = _runtime(0)
+        if by_rows:
+            _gemm_range(a, b, c, trans_a, trans_b, bias, relu, lo, hi, zero, n, pack, mine)
+        else:
+            _gemm_range(a, b, c, trans_a, trans_b, bias, relu, zero, m, lo, hi, pack, mine)
+
+
 @njit(cache=True, parallel=True)
 def _gemm_threads(a, b, c, trans_a, trans_b, bias, relu, tasks, pack, work):
     # c = op(a) @ op(b) (+ bias) (ReLU) as `tasks` tasks, one per thread, each on its own rows
-    # of c (or columns, when c is wide): the one parallel loop, over the outermost split.
-    # Each task packs into its own 1/tasks of work.
-    mr_, nr_, _, _, _ = _blocking(c)
-    m, n = c.shape
-    by_rows = m * nr_ >= n * mr_   # split the longer side, counted in micro-tiles
-    size = m if by_rows else n
-    unit = mr_ if by_rows else nr_
-    step = ((size + tasks - 1) // tasks + unit - 1) // unit * unit
-    share = work.size // tasks
-    zero = _runtime(0)
+    # of c (or columns): the ladder's threaded rung (_gemm has the same loop inside it).
+    by_rows, size, step = _task_split(c, tasks)
     for t in prange(tasks):
-        lo = min(size, t * step)
-        hi = min(size, lo + step)
-        mine = work[t * share:(t + 1) * share]
-        if lo < hi:
-            if by_rows:
-                _gemm_range(a, b, c, trans_a, trans_b, bias, relu, lo, hi, zero, n, pack, mine)
-            else:
-                _gemm_range(a, b, c, trans_a, trans_b, bias, relu, zero, m, lo, hi, pack, mine)
+        _gemm_task(a, b, c, trans_a, trans_b, bias, relu, tasks, pack, work, t, by_rows, size, step)
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def _gemm(a, b, c, trans_a, trans_b, bias, relu, threads, work):
     # c = op(a) @ op(b) (+ bias unless empty) (ReLU if relu): the set's one matmul entry point.
     # Picks packing and the thread count from the problem's size. work: see _gemm_work_size.
+    # The parallel loop over tasks is here, not in a function of its own: Numba links every
+    # callee's LLVM module into its caller and optimises it again there, so a separate
+    # _gemm_threads was one more unit that compiled the whole matmul (and one more parfor).
+    # Measured, cold cache, 2 cores at load 5-7, three alternating pairs: the matmul's compile
+    # (_gemm, _gemm_range, _gemm_threads) 22.0, 19.8, 15.2 s -> 15.7, 17.3, 12.7 s. (Inlining
+    # _gemm_range, or the packing and epilogue functions, into their callers at Numba's level
+    # made it slower: 25-27 s and 21 s; and a raise inlined into the prange loop makes it
+    # serial.)
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
     fmas = m * n * k
@@ -589,8 +616,10 @@ def _gemm(a, b, c, trans_a, trans_b, bias, relu, threads, work):
     elif threads == 1 or fmas < PARALLEL_MIN_FMAS:
         zero = _runtime(0)
         _gemm_range(a, b, c, trans_a, trans_b, bias, relu, zero, m, zero, n, pack, work)
-    else:
-        _gemm_threads(a, b, c, trans_a, trans_b, bias, relu, threads, pack, work)
+    else:   # one task per thread, each on its own rows (or columns) of c
+        by_rows, size, step = _task_split(c, threads)
+        for t in prange(threads):
+            _gemm_task(a, b, c, trans_a, trans_b, bias, relu, threads, pack, work, t, by_rows, size, step)
 
 
 # ---------------------------------------------------------------- scratch memory
