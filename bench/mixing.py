@@ -46,7 +46,10 @@ MIN_TURN_S = 0.02  # a linear turn repeats its call until it lasts this long
 # (besides defaults and none, each of kernels' defaults alone, to see which one matters)
 CONFIGS = {"defaults": {}, "none": {"KERNELS_RUNTIME_DEFAULTS": "0"},
            "openblas-only": {"KERNELS_RUNTIME_DEFAULTS": "0", "OPENBLAS_THREAD_TIMEOUT": "4"},
-           "omp-only": {"KERNELS_RUNTIME_DEFAULTS": "0", "OMP_WAIT_POLICY": "passive"}}
+           "omp-only": {"KERNELS_RUNTIME_DEFAULTS": "0", "OMP_WAIT_POLICY": "passive"},
+           # a short spin instead of none: libgomp's workers spin GOMP_SPINCOUNT pause loops (about
+           # 0.1 ms at 10,000 here) so that back-to-back calls of one set find them awake
+           "short-spin": {"KERNELS_RUNTIME_DEFAULTS": "0", "OPENBLAS_THREAD_TIMEOUT": "4", "GOMP_SPINCOUNT": "10000"}}
 DEFAULT_CONFIGS = ("defaults", "none")
 
 
@@ -126,6 +129,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads < 1 or args.repeats < 1 or args.rounds < 1:
         p.error("--threads, --repeats and --rounds must be at least 1")
+    bad_sets = [x for x in args.sets.split(",") if x not in SETS]
+    if bad_sets or len(args.sets.split(",")) < 2:
+        p.error(f"--sets: expected two or more of {', '.join(SETS)}, got {args.sets!r}")
+    bad_ops = [x for x in args.ops.split(",") if x not in ("linear", "matmul")]
+    if bad_ops:
+        p.error(f"--ops: expected some of linear, matmul, got {args.ops!r}")
     if args.child:
         print(json.dumps(child(args.threads, args.rounds, args.quick, args.ops.split(","), args.sets.split(","))))
         return 0
@@ -142,7 +151,7 @@ def main(argv=None) -> int:
         for c in configs:
             from kernels._runtimes import DEFAULTS, OFF_ENV
 
-            drop = {OFF_ENV, *DEFAULTS}  # each configuration says all of its own
+            drop = {OFF_ENV, "GOMP_SPINCOUNT", *DEFAULTS}  # each configuration says all of its own
             env = {k: v for k, v in os.environ.items() if k not in drop}
             env.update(CONFIGS[c])
             cmd = [sys.executable, "-m", "bench.mixing", "--child", "--threads", str(args.threads),
@@ -172,6 +181,14 @@ def main(argv=None) -> int:
     for s in summary:
         print(f"{s['config']:9} {s['op']:12} {s['a'] + ' -> ' + s['b']:17} {s['alone_s'] * 1e3:9.3f} "
               f"{s['after_s'] * 1e3:9.3f} {s['ratio']:11.2f} ({s['ratio_min']:.2f}-{s['ratio_max']:.2f})")
+    if "none" in configs:  # the defaults must not slow a set alone: its alone time, config / none
+        print(f"\nalone, against none (median over the pairs that end in the set): {'op':12} {'set':7} config/none")
+        for c in (c for c in configs if c != "none"):
+            for op in dict.fromkeys(x["op"] for x in summary):
+                for b in dict.fromkeys(x["b"] for x in summary):
+                    t = {cfg: statistics.median(x["alone_s"] for x in summary if (x["config"], x["op"], x["b"]) == (cfg, op, b))
+                         for cfg in (c, "none")}
+                    print(f"{c:>58} {op:12} {b:7} {t[c] / t['none']:.2f}")
     print(f"wrote {args.out}")
     return 0
 

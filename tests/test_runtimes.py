@@ -75,3 +75,40 @@ def test_libgomp_reads_the_default():
         proc = _fresh(code, OMP_DISPLAY_ENV="TRUE", **env)
         assert proc.returncode == 0, proc.stderr
         assert f"OMP_WAIT_POLICY = '{policy}'" in proc.stderr + proc.stdout
+
+
+def test_bench_mixing_runs_each_configuration_in_its_own_process(tmp_path):
+    """A smoke run of bench.mixing: every pair timed under each configuration, and each child's
+    runtime report shows the configuration it was given (a child that inherited the parent's
+    policy would measure the wrong thing)."""
+    import kernels
+
+    if kernels.available()["cython"] is not None:
+        pytest.skip(kernels.available()["cython"])
+    out = tmp_path / "mixing.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.mixing", "--quick", "--repeats", "1", "--rounds", "1",
+                           "--ops", "linear", "--sets", "numpy,cython", "--configs", "none,defaults",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_WAIT_POLICY": "active"})  # the parent's must not leak
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    pairs = {(r["config"], r["a"], r["b"]) for r in data["summary"]}
+    assert pairs == {(c, a, b) for c in ("none", "defaults") for a, b in (("numpy", "cython"), ("cython", "numpy"))}
+    assert all(r["alone_s"] > 0 and r["after_s"] > 0 for r in data["summary"])
+    policy = {c: data["runtime"][c]["variables"]["OMP_WAIT_POLICY"]["value"] for c in ("none", "defaults")}
+    assert policy == {"none": None, "defaults": "passive"}
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--sets", "numpy"], "--sets: expected two or more"),
+    (["--sets", "numpy,nope"], "--sets: expected two or more"),
+    (["--ops", "conv"], "--ops: expected some of linear, matmul"),
+    (["--configs", "fast"], "unknown configuration(s) fast"),
+    (["--rounds", "0"], "must be at least 1"),
+])
+def test_bench_mixing_refuses_bad_arguments_with_a_message(args, says, tmp_path):
+    out = tmp_path / "mixing.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.mixing", *args, "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
