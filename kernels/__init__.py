@@ -17,10 +17,18 @@ import importlib
 import os
 import warnings
 
+from . import _runtimes
+
+# Before numpy is imported below: the thread pools' wait policies are read when their libraries
+# load (kernels/_runtimes.py says which and why).
+_runtimes.apply_defaults()
+
 from ._arrays import NumpyArrays, TorchArrays
 from ._front import KernelSet
 
-__all__ = ["names", "available", "get", "backend_module", "KernelSet", "UnavailableError"]
+__all__ = ["names", "available", "get", "backend_module", "runtime_report", "KernelSet", "UnavailableError"]
+
+runtime_report = _runtimes.runtime_report
 
 
 class UnavailableError(RuntimeError):
