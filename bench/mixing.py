@@ -1,7 +1,7 @@
 """Sets that slow each other down: a set timed right after another runtime's call, and alone.
 
     python -m bench.mixing [--threads 2] [--repeats 3] [--rounds 7] [--quick]
-                           [--configs defaults,none] [--out results/mixing.json]
+                           [--configs quiet,none] [--out results/mixing.json]
 
 Each thread pool in the process (OpenBLAS's for numpy, libgomp's OpenMP team for cython and for
 Numba's omp layer, torch's own libgomp for torch) keeps its workers spinning for a while after a
@@ -20,8 +20,8 @@ Both turns start after a ``PAUSE_S`` pause (every pool asleep) and an untimed ca
 pool awake). The figure is the median over rounds of after / alone (target: at most 1.3).
 
 The thread pools' wait policies are read when their libraries load, so each configuration runs
-in a fresh process: ``defaults`` is ``import kernels`` first (kernels/_runtimes.py sets its
-defaults), ``none`` the libraries' own (``KERNELS_RUNTIME_DEFAULTS=0``). Configurations take
+in a fresh process: ``quiet`` is ``import kernels`` first with ``KERNELS_QUIET_POOLS=1``
+(kernels/_runtimes.py sets its defaults), ``none`` the libraries' own. Configurations take
 turns, ``repeats`` times, so a neighbour's burst on this shared machine lands on all of them;
 the JSON keeps every repeat's figure, and the summary says the median and the spread.
 """
@@ -43,14 +43,14 @@ SETS = ("numpy", "numba", "cython", "torch")
 PAUSE_S = 0.3     # every pool's workers asleep after this (OpenBLAS's spin for ~0.1 s by default)
 MIN_TURN_S = 0.02  # a linear turn repeats its call until it lasts this long
 # name -> environment of the child process
-# (besides defaults and none, each of kernels' defaults alone, to see which one matters)
-CONFIGS = {"defaults": {}, "none": {"KERNELS_RUNTIME_DEFAULTS": "0"},
-           "openblas-only": {"KERNELS_RUNTIME_DEFAULTS": "0", "OPENBLAS_THREAD_TIMEOUT": "4"},
-           "omp-only": {"KERNELS_RUNTIME_DEFAULTS": "0", "OMP_WAIT_POLICY": "passive"},
+# (besides quiet and none, each of kernels' defaults alone, to see which one matters)
+CONFIGS = {"quiet": {"KERNELS_QUIET_POOLS": "1"}, "none": {},
+           "openblas-only": {"OPENBLAS_THREAD_TIMEOUT": "4"},
+           "omp-only": {"OMP_WAIT_POLICY": "passive"},
            # a short spin instead of none: libgomp's workers spin GOMP_SPINCOUNT pause loops (about
            # 0.1 ms at 10,000 here) so that back-to-back calls of one set find them awake
-           "short-spin": {"KERNELS_RUNTIME_DEFAULTS": "0", "OPENBLAS_THREAD_TIMEOUT": "4", "GOMP_SPINCOUNT": "10000"}}
-DEFAULT_CONFIGS = ("defaults", "none")
+           "short-spin": {"OPENBLAS_THREAD_TIMEOUT": "4", "GOMP_SPINCOUNT": "10000"}}
+DEFAULT_CONFIGS = ("quiet", "none")
 
 
 def _ops(ks, quick):
@@ -149,9 +149,9 @@ def main(argv=None) -> int:
     runs = {c: [] for c in configs}
     for rep in range(args.repeats):
         for c in configs:
-            from kernels._runtimes import DEFAULTS, OFF_ENV
+            from kernels._runtimes import DEFAULTS, ENV
 
-            drop = {OFF_ENV, "GOMP_SPINCOUNT", *DEFAULTS}  # each configuration says all of its own
+            drop = {ENV, "GOMP_SPINCOUNT", *DEFAULTS}  # each configuration says all of its own
             env = {k: v for k, v in os.environ.items() if k not in drop}
             env.update(CONFIGS[c])
             cmd = [sys.executable, "-m", "bench.mixing", "--child", "--threads", str(args.threads),
@@ -181,7 +181,7 @@ def main(argv=None) -> int:
     for s in summary:
         print(f"{s['config']:9} {s['op']:12} {s['a'] + ' -> ' + s['b']:17} {s['alone_s'] * 1e3:9.3f} "
               f"{s['after_s'] * 1e3:9.3f} {s['ratio']:11.2f} ({s['ratio_min']:.2f}-{s['ratio_max']:.2f})")
-    if "none" in configs:  # the defaults must not slow a set alone: its alone time, config / none
+    if "none" in configs:  # what quiet pools cost a set alone: its alone time, config / none
         print(f"\nalone, against none (median over the pairs that end in the set): {'op':12} {'set':7} config/none")
         for c in (c for c in configs if c != "none"):
             for op in dict.fromkeys(x["op"] for x in summary):

@@ -9,9 +9,14 @@ runtime's call shares its cores with the other pool's spinning workers, and a ma
 splits its work evenly waits for its slowest thread: bench/mixing.py measures the cost.
 
 Each runtime reads its wait policy from the environment **once, when its library loads**, so
-the only place a library can choose it is before numpy, numba or torch is imported. Importing
-``kernels`` first sets the ``DEFAULTS`` below with ``os.environ.setdefault`` (a value the user
-set is kept), unless ``KERNELS_RUNTIME_DEFAULTS=0``. When a runtime was already loaded,
+the only place a library can choose it is before numpy, numba or torch is imported. With
+``KERNELS_QUIET_POOLS=1``, importing ``kernels`` first sets the ``DEFAULTS`` below with
+``os.environ.setdefault`` (a value the user set is kept). It is not the default: sleeping
+workers cost a wake-up on every parallel region, and measured on the 2-core machine a cython
+linear at batch 128 alone took 199 us instead of 110, and a batch-128 epoch ran at 149k
+samples/s instead of 480k (OMP_WAIT_POLICY passive against active, alternating processes,
+idle machine). A program that calls one set at a time keeps the spin; one that mixes runtimes
+call after call sets it (bench/mixing.py measures both). When a runtime was already loaded,
 its policy is whatever it read then; :func:`runtime_report` says, for each variable, the value
 in effect and whether it came too late.
 """
@@ -21,7 +26,7 @@ from __future__ import annotations
 import os
 import sys
 
-OFF_ENV = "KERNELS_RUNTIME_DEFAULTS"
+ENV = "KERNELS_QUIET_POOLS"   # "1": set DEFAULTS at import (opt-in, see above)
 
 # variable -> (value, the library that reads it at load, the module whose import loads it, why)
 DEFAULTS = {
@@ -44,8 +49,9 @@ def _loaded(modules: str) -> list[str]:
 
 
 def apply_defaults() -> None:
-    """Set DEFAULTS where the user has not (called once, by ``import kernels``)."""
-    enabled = os.environ.get(OFF_ENV, "1") != "0"
+    """With KERNELS_QUIET_POOLS=1, set DEFAULTS where the user has not (called once, by
+    ``import kernels``)."""
+    enabled = os.environ.get(ENV, "0") not in ("", "0")
     for var, (value, _lib, modules, _why) in DEFAULTS.items():
         _at_import[var] = (os.environ.get(var), _loaded(modules))
         if enabled:
@@ -60,7 +66,7 @@ def runtime_report() -> dict:
     "too_late": [modules already imported when kernels was, so their library read the
     environment before kernels could set it], "why": ...}}}
     """
-    enabled = os.environ.get(OFF_ENV, "1") != "0"
+    enabled = os.environ.get(ENV, "0") not in ("", "0")
     out = {}
     for var, (value, lib, _modules, why) in DEFAULTS.items():
         before, loaded = _at_import.get(var, (os.environ.get(var), []))
