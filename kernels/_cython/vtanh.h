@@ -9,9 +9,11 @@
  *   otherwise:   (1 - e) / (1 + e) with e = exp(-2|x|) <= 0.287 (Cephes writes
  *                1 - 2 / (exp(2|x|) + 1); this form needs exp only of arguments <= 0, and for
  *                |x| > 9 (float32) or 19 (float64) it rounds to exactly 1).
+ * float64 divides once for both ranges (vdivpd is 16 cycles a zmm): 1.7 -> 1.2 ns an element
+ * in L1 on this Rocket Lake core, float32 0.4.
  * Measured over 4 million arguments against libm's tanh in double (float32) and tanhl
- * (float64): at most 1.5 ulp in float32 and 1.6 in float64 (tests/c/check.sh holds every
- * path and compiler to 2, tests/test_tanh_dropout.py every set to 4). NaN
+ * (float64): at most 1.5 ulp in either (tests/c/check.sh holds every path and compiler to 2,
+ * tests/test_tanh_dropout.py every set to 4). NaN
  * propagates (every comparison with a NaN lane is false, so it takes the exp branch, whose
  * arithmetic keeps it); tanh(+-inf) = +-1.
  */
@@ -42,7 +44,10 @@ static inline vf32 vtanh_exp_nonpositive_f32(vf32 x)
     return p * (vf32)((ni + 127) << 23);
 }
 
-/* exp(x) for x <= 0 in float64 (Cephes' exp: a Pade form in r^2, about 1 ulp) */
+/* exp(x) for x <= 0 in float64: n = rint(x / ln 2), r = x - n ln 2 (|r| <= ln 2 / 2, in two
+ * steps), exp(r) as its Taylor polynomial of degree 13 (the first term left out is under
+ * 2e-16 of it), times 2^n. Where Cephes' exp divides (a Pade form), this multiplies: vdivpd
+ * is 16 cycles a zmm, and tanh divides once already. */
 static inline vf64 vtanh_exp_nonpositive_f64(vf64 x)
 {
     const vf64 lo = (vf64){0} - 708.39;              /* exp(lo) > DBL_MIN: stays normal */
@@ -53,17 +58,21 @@ static inline vf64 vtanh_exp_nonpositive_f64(vf64 x)
     vf64 n = t - round;
     vf64 r = x - n * 6.93145751953125E-1;
     r = r - n * 1.42860682030941723212E-6;
-    vf64 rr = r * r;
-    vf64 px = (vf64){0} + 1.26177193074810590878E-4;
-    px = px * rr + 3.02994407707441961300E-2;
-    px = (px * rr + 9.99999999999999999910E-1) * r;
-    vf64 qx = (vf64){0} + 3.00198505138664455042E-6;
-    qx = qx * rr + 2.52448340349684104192E-3;
-    qx = qx * rr + 2.27265548208155028766E-1;
-    qx = qx * rr + 2.00000000000000000009E0;
-    vf64 e = 1.0 + 2.0 * (px / (qx - px));          /* exp(r), |r| <= ln 2 / 2 */
+    vf64 p = (vf64){0} + 1.0 / 6227020800.0;         /* 1 / 13! */
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * (r * r) + r + 1.0;
     vi64 ni = (vi64)t - (vi64)round;
-    return e * (vf64)((ni + 1023) << 52);
+    return p * (vf64)((ni + 1023) << 52);
 }
 
 static inline vf32 vtanh_f32(vf32 x)
@@ -95,11 +104,13 @@ static inline vf64 vtanh_f64(vf64 x)
     vf64 q = s + 1.12811678491632931402E2;
     q = q * s + 2.23548839060100448583E3;
     q = q * s + 4.84406305325125486048E3;
-    vf64 small = ax * s * (p / q) + ax;
     vf64 e = vtanh_exp_nonpositive_f64(-2.0 * ax);
-    vf64 large = (1.0 - e) / (1.0 + e);
+    /* one division for both ranges: small = ax + ax s p / q = (ax q + ax s p) / q */
     vi64 is_small = ax < (vf64){0} + 0.625;
-    vi64 r = ((vi64)small & is_small) | ((vi64)large & ~is_small);
+    vf64 num_small = ax * q + ax * s * p, num_large = 1.0 - e, den_large = 1.0 + e;
+    vf64 num = (vf64)(((vi64)num_small & is_small) | ((vi64)num_large & ~is_small));
+    vf64 den = (vf64)(((vi64)q & is_small) | ((vi64)den_large & ~is_small));
+    vi64 r = (vi64)(num / den);
     return (vf64)(r | ((vi64)x & sign));
 }
 
