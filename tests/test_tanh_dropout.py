@@ -214,3 +214,27 @@ def test_dropout_strided_out_in_place_and_bad_arguments(ks):
         ks.dropout(xs, p=0.1, seed=0, step=1.5)
     with pytest.raises(ValueError, match="must be 2-D"):
         ks.dropout(ks.asarray(np.ones(5)), p=0.1, seed=0, step=0)
+
+
+def test_train_steps_refuses_bad_activation_and_dropout(ks):
+    rng = np.random.default_rng(1)
+    params = [ks.asarray(rng.standard_normal(s)) for s in [(4, 3), (3,), (3, 2), (2,)]]
+    x, y, order = ks.asarray(rng.standard_normal((6, 4))), ks.asarray(np.arange(6) % 2), ks.asarray(np.arange(6))
+
+    def call(**kw):
+        return ks.train_steps(params, x, y, order, batch=3, lr=0.1, **kw)
+
+    with pytest.raises(ValueError, match="activation must be one of 'relu', 'tanh'"):
+        call(activation="sigmoid")
+    with pytest.raises(ValueError, match="activation must be one of"):
+        call(activation=None)
+    for p in (-0.5, 1.0, float("inf")):
+        with pytest.raises(ValueError, match=r"dropout must be a dropout rate in \[0, 1\)"):
+            call(dropout=p)
+    with pytest.raises(TypeError, match="dropout must be a real number"):
+        call(dropout="0.1")
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*64\)"):
+        call(dropout=0.1, seed=2**64)
+    before = [ks.to_numpy(p).copy() for p in params]
+    assert np.isfinite(ks.to_numpy(call(activation="tanh", dropout=0.5, seed=3))).all()
+    assert any(not np.array_equal(ks.to_numpy(p), b) for p, b in zip(params, before))
