@@ -169,9 +169,12 @@ def _tanh_one_impl(x):
 
 @njit(cache=True, fastmath={"contract"}, error_model="numpy")
 def tanh_span(a, start, n):
-    # a[start:start+n] = tanh(a[start:start+n]) in place, a flat (an epilogue's row of C)
-    for i in range(start, start + n):
-        a[i] = tanh_one(a[i])
+    # a[start:start+n] = tanh(a[start:start+n]) in place, a flat (an epilogue's row of C). The
+    # index is unsigned: with a signed one Numba's negative-index wraparound kept the loop
+    # scalar (4.2 ns an element, float32; 0.65 so).
+    s = np.uintp(start)
+    for i in range(np.uintp(n)):
+        a[s + i] = tanh_one(a[s + i])
 
 
 @njit(cache=True, fastmath={"contract"}, error_model="numpy")

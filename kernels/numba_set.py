@@ -685,9 +685,9 @@ def relu_backward(grad_y, y, out):
 
 # ---------------------------------------------------------------- tanh and dropout
 
-# tanh is arithmetic-bound (about 30 vector operations an element where relu has one): threads
-# pay from an eighth of the elementwise ops' size.
-PARALLEL_MIN_TANH = PARALLEL_MIN_ELEMENTS // 8
+# tanh is arithmetic-bound (about 35 vector operations a vector where relu has one): threads
+# pay from a quarter of the elementwise ops' size (32 Ki elements, as the cython set's tanh).
+PARALLEL_MIN_TANH = PARALLEL_MIN_ELEMENTS // 4
 
 
 @njit(cache=True, parallel=True)
