@@ -1,11 +1,14 @@
 """Every other op of the interface on every set, beside PyTorch's idiomatic equivalents.
 
-* relu, relu_backward: memory-bound passes, at 32x10 .. 4096x1000.
+* relu, relu_backward: memory-bound passes, at 32x10 .. 4096x1000; tanh, tanh_backward at the
+  same shapes (tanh: np.tanh on the numpy set, torch.tanh on torch, a vectorised tanh on the
+  compiled sets).
 * softmax_cross_entropy at the same shapes, beside ``torch-autograd``: what a PyTorch user
   writes, F.cross_entropy on a leaf tensor and .backward() (grad set to None first, as
   zero_grad does).
-* linear, with and without the fused ReLU, at the MLP's forward shapes: set beside the bare
-  matmul of the same shape (bench_matmul, case b*-fwd*) it shows what bias and ReLU cost.
+* linear, with the bias only and with the fused ReLU or tanh, at the MLP's forward shapes: set
+  beside the bare matmul of the same shape (bench_matmul, case b*-fwd*) it shows what bias and
+  activation cost.
 * linear_backward as the MLP's backward pass calls it.
 * sgd_step and adam_step over six arrays shaped like the MLP's parameters, beside
   ``torch-optim``: torch.optim.SGD / torch.optim.Adam .step() over tensors of the same shapes.
@@ -18,7 +21,7 @@ import pytest
 from bench import cases as C
 from bench.conftest import skip_unless_available, torch_threads
 from bench.inputs import (autograd_cross_entropy, empty, linear_inputs, native, normal, relu_backward_inputs,
-                          softmax_inputs)
+                          softmax_inputs, tanh_backward_inputs)
 
 AUTOGRAD_REFS = (C.TORCH_AUTOGRAD, C.TORCH_AUTOGRAD + "-cuda")
 OPTIM_REFS = (C.TORCH_OPTIM, C.TORCH_OPTIM + "-cuda")
@@ -36,6 +39,20 @@ def test_relu_backward(ks, case, dtype, measure):
     shape = (case.params["rows"], case.params["cols"])
     grad_y, y, out = relu_backward_inputs(ks, shape, dtype)
     measure(lambda: ks.relu_backward(grad_y, y, out=out))
+
+
+@pytest.mark.cases(C.elementwise_cases("tanh"))
+def test_tanh(ks, case, dtype, measure):
+    shape = (case.params["rows"], case.params["cols"])
+    x, out = native(ks, shape, dtype, scale=2.0), empty(ks, shape, dtype)
+    measure(lambda: ks.tanh(x, out=out))
+
+
+@pytest.mark.cases(C.elementwise_cases("tanh_backward"))
+def test_tanh_backward(ks, case, dtype, measure):
+    shape = (case.params["rows"], case.params["cols"])
+    grad_y, y, out = tanh_backward_inputs(ks, shape, dtype)
+    measure(lambda: ks.tanh_backward(grad_y, y, out=out))
 
 
 # ---------------------------------------------------------------- softmax_cross_entropy
@@ -61,8 +78,8 @@ def test_softmax_cross_entropy(set_name, case, dtype, threads, measure):
 @pytest.mark.cases(C.linear_cases())
 def test_linear(ks, case, dtype, measure):
     x, w, b, out = linear_inputs(ks, case, dtype)
-    relu = case.params["relu"]
-    measure(lambda: ks.linear(x, w, b, relu=relu, out=out))
+    activation = case.params["activation"]
+    measure(lambda: ks.linear(x, w, b, activation=activation, out=out))
 
 
 @pytest.mark.cases(C.linear_backward_cases())

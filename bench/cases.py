@@ -108,11 +108,18 @@ def mlp_matmul_cases():
 # ---------------------------------------------------------------- the other ops
 
 
+# Flops an element: relu's max, relu_backward's select, tanh_backward's g * (1 - y^2); tanh
+# counted as the arithmetic of kernels/_cython/vtanh.h's float32 (its two ranges, exp's
+# polynomial, a division): about 25.
+ELEMENTWISE_FLOPS = {"relu": 1, "relu_backward": 1, "tanh": 25, "tanh_backward": 3}
+
+
 def elementwise_cases(op):
-    """relu reads x and writes y; relu_backward reads grad_y and y and writes grad_x."""
-    arrays = {"relu": 2, "relu_backward": 3}[op]
+    """relu and tanh read x and write y; their backwards read grad_y and y and write grad_x."""
+    arrays = {"relu": 2, "relu_backward": 3, "tanh": 2, "tanh_backward": 3}[op]
     return [
-        Case(op=op, id=f"{r}x{c}", label=f"({r},{c})", flops=r * c, elems=arrays * r * c, params=dict(rows=r, cols=c))
+        Case(op=op, id=f"{r}x{c}", label=f"({r},{c})", flops=ELEMENTWISE_FLOPS[op] * r * c, elems=arrays * r * c,
+             params=dict(rows=r, cols=c))
         for r, c in ELEMENTWISE
     ]
 
@@ -128,20 +135,22 @@ def softmax_cases():
 
 
 def linear_cases():
-    """linear at the MLP's forward shapes, with and without the fused ReLU, so that each can be
-    set beside the bare matmul of the same shape (group ``matmul`` case ``b*-fwd*``)."""
+    """linear at the MLP's forward shapes, with the bias only and (hidden layers) with the fused
+    ReLU or tanh, so that each can be set beside the bare matmul of the same shape (group
+    ``matmul`` case ``b*-fwd*``). params: ``activation`` None, "relu" or "tanh"; ``relu``
+    whether it is "relu"."""
     cases = []
     for batch in BATCHES:
         for layer, (n_in, n_out) in enumerate(LAYERS, start=1):
-            for relu in ((False, True) if layer < len(LAYERS) else (False,)):
-                tag = "relu" if relu else "bias"
+            for act in ((None, "relu", "tanh") if layer < len(LAYERS) else (None,)):
                 cases.append(Case(
                     op="linear",
-                    id=f"b{batch}-l{layer}-{tag}",
-                    label=f"({batch},{n_in})@({n_in},{n_out})+b{'+relu' if relu else ''}",
-                    flops=2.0 * batch * n_in * n_out + batch * n_out * (2 if relu else 1),
+                    id=f"b{batch}-l{layer}-{act or 'bias'}",
+                    label=f"({batch},{n_in})@({n_in},{n_out})+b{'+' + act if act else ''}",
+                    flops=2.0 * batch * n_in * n_out + batch * n_out * (1 + ELEMENTWISE_FLOPS.get(act, 0)),
                     elems=batch * n_in + n_in * n_out + n_out + batch * n_out,
-                    params=dict(batch=batch, n_in=n_in, n_out=n_out, relu=relu, layer=layer),
+                    params=dict(batch=batch, n_in=n_in, n_out=n_out, relu=act == "relu", activation=act,
+                                layer=layer),
                 ))
     return cases
 

@@ -60,6 +60,13 @@ def relu_backward_inputs(ks, shape, dtype):
     return grad_y, y, empty(ks, shape, dtype)
 
 
+def tanh_backward_inputs(ks, shape, dtype):
+    """(grad_y, y, out): y is a tanh output, in (-1, 1)."""
+    grad_y = native(ks, shape, dtype, seed=1)
+    y = ks.asarray(np.tanh(normal(shape, dtype, seed=2)))
+    return grad_y, y, empty(ks, shape, dtype)
+
+
 def softmax_inputs(ks, batch, classes, dtype):
     """(logits, labels, grad) of a softmax_cross_entropy case."""
     return (native(ks, (batch, classes), dtype, scale=3.0), labels(ks, batch, classes),

@@ -27,7 +27,10 @@ The pairs (``value`` is what the target is stated in):
   over the same arrays (its input into its output), split over the threads as bench.peak
   splits its copy (fraction of the copy bandwidth, ≥ 0.8);
 * ``epilogue``: linear(relu=True) / matmul of the same shape, each hidden layer at batch 32,
-  128 and 512 (cost of the fused epilogue, ≤ 1.05 as a geometric mean);
+  128 and 512 (cost of the fused epilogue, ≤ 1.05 as a geometric mean); ``epilogue-tanh`` the
+  same with activation="tanh" (≤ 1.1);
+* ``tanh`` at 4096×1000: np.tanh's time (called directly, over NumPy arrays) / the set's
+  ks.tanh (speed-up, ≥ 3 best);
 * ``softmax_cross_entropy`` at 128×10 and 4096×1000: F.cross_entropy + backward / the set's;
 * ``epoch-b128``, ``epoch-b1``: numpy's epoch / the set's, as bench_train times them (60,000
   samples at batch 128, ``BATCH1_STEPS`` steps at batch 1);
@@ -65,7 +68,7 @@ PAIRED_SETS = C.COMPILED_SETS + ("torch",)
 # milliseconds, fewer for the epochs, whose turns are most of a second (9 rather than 5: at 5 the
 # middle half of the batch-128 epoch's rounds spanned 1.61-2.10, too wide for a target at 2).
 ROUNDS = {"matmul": 9, "shapes": 7, "relu": 21, "relu_backward": 21, "epilogue": 15, "softmax_cross_entropy": 15, "epoch": 9,
-          "perop": 9}
+          "perop": 9, "tanh": 21}
 PEROP_STEPS = 100   # steps a turn of the per-op loop pair takes (12,800 samples at batch 128)
 
 
@@ -118,7 +121,7 @@ def alternate(a: Side, b: Side, rounds: int, *, scale: float = 1.0, min_turn=MIN
 def pairs(sets, threads, quick=False):
     """Yield (key, set, what, a, b, scale) for every target's pair, inputs made here."""
     import kernels
-    from bench.inputs import (autograd_cross_entropy, empty, linear_inputs, matmul_operands, native,
+    from bench.inputs import (autograd_cross_entropy, empty, linear_inputs, matmul_operands, native, normal,
                               relu_backward_inputs, softmax_inputs)
 
     f32 = np.float32
@@ -175,6 +178,26 @@ def pairs(sets, threads, quick=False):
             yield ("epilogue", s, f"linear(relu) / matmul {c.label}: {s}",
                    Side(f"linear {c.id}", lambda x=x, w=w, b=b, out=out: ks.linear(x, w, b, relu=True, out=out), s),
                    Side(f"matmul {c.id}", lambda o=mm: ks.matmul(o[0], o[1], out=o[2]), s), 1.0)
+
+        for c in C.linear_cases():
+            p = c.params
+            if p["activation"] != "tanh" or p["batch"] < 32 or (quick and p["batch"] > 32):
+                continue
+            x, w, b, out = linear_inputs(ks, c, f32)
+            mm = matmul_operands(ks, C.matmul_case(p["batch"], p["n_in"], p["n_out"]), f32)
+            yield ("epilogue-tanh", s, f"linear(tanh) / matmul {c.label}: {s}",
+                   Side(f"linear {c.id}", lambda x=x, w=w, b=b, out=out: ks.linear(x, w, b, activation="tanh",
+                                                                                 out=out), s),
+                   Side(f"matmul {c.id}", lambda o=mm: ks.matmul(o[0], o[1], out=o[2]), s), 1.0)
+
+        # tanh against np.tanh itself (no interface on that side), the same values
+        shape = (512, 784) if quick else (4096, 1000)
+        x_np = normal(shape, f32, seed=1, scale=2.0)
+        out_np = np.empty_like(x_np)
+        x, out = ks.asarray(x_np), empty(ks, shape, f32)
+        yield ("tanh", s, f"tanh {shape[0]}x{shape[1]}: np.tanh / {s}",
+               Side("np.tanh", lambda: np.tanh(x_np, out=out_np), "numpy"),
+               Side(s, lambda x=x, out=out: ks.tanh(x, out=out), s), 1.0)
 
         import torch
 
@@ -266,7 +289,7 @@ def measure(sets=C.COMPILED_SETS, threads=None, quick=False, log=print, settle=S
 
 
 # Pairs measured at several shapes, quoted as one geometric mean.
-GEOMEAN_KEYS = ("epilogue", "shapes")
+GEOMEAN_KEYS = ("epilogue", "epilogue-tanh", "shapes")
 
 
 def summary(paired) -> dict:

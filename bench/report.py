@@ -233,6 +233,16 @@ class Targets:
             measured, how = self.judged(cost, "epilogue", [s], best=min)  # a cost: the less the better
             self.add_le(f"bias+ReLU fused into the matmul at no measurable cost: {s}, linear(relu)/matmul geomean",
                         measured, 1.05, "×", _join(how, "≤ 1.05: within run-to-run noise"))
+        for s in compiled:
+            cost, _ = self.epilogue(s, "tanh")
+            measured, how = self.judged(cost, "epilogue-tanh", [s], best=min)
+            self.add_le(f"bias+tanh fused into the matmul: {s}, linear(tanh)/matmul geomean",
+                        measured, 1.1, "×", how)
+        # tanh over 4096x1000 float32 against np.tanh (the numpy set's tanh in the suite)
+        vs_np = {s: ratio(r.median("tanh", "4096x1000", "numpy"), r.median("tanh", "4096x1000", s)) for s in compiled}
+        have = [v for v in vs_np.values() if v is not None]
+        add("tanh 4096x1000: best of numba/cython vs np.tanh", max(have) if have else None, 3.0, "tanh", compiled,
+            ", ".join(f"{s} {fmt_x(self.paired.get(('tanh', s), v))}" for s, v in vs_np.items()))
         # adam: in one process the suite can time torch while another runtime's pool spins on the
         # same cores; bench.peers_run times each variant in its own process, and that figure is judged
         adam = ((self.peers or {}).get("adam") or {}).get("rows", {})
@@ -285,13 +295,13 @@ class Targets:
     def _tta_target(self):
         return f"{100 * self.tta.get('target', 0.88):.0f}%" if self.tta else "88%"
 
-    def epilogue(self, s):
-        """(geomean of linear(relu)/matmul, effective GB/s of the extra time at the largest
+    def epilogue(self, s, activation="relu"):
+        """(geomean of linear(activation)/matmul, effective GB/s of the extra time at the largest
         shape) over the MLP's hidden layers at batch 32..512."""
         r, costs, bws = self.res, [], []
         for c in C.linear_cases():
             p = c.params
-            if not p["relu"] or p["batch"] < 32:
+            if p.get("activation", "relu" if p["relu"] else None) != activation or p["batch"] < 32:
                 continue
             lin = r.median("linear", c.id, s)
             mm = r.median("matmul", f"b{p['batch']}-fwd{p['layer']}", s)
@@ -738,6 +748,9 @@ FUSION = {
     "numpy": "makes two passes over the output after the matmul (`out += b`, then `np.maximum`)",
     "torch": "adds the bias inside `addmm` and clamps in a second pass (`clamp_`)",
 }
+TANH_FUSION = ("the cython set applies kernels/_cython/vtanh.h's vector tanh to the accumulators before the tile "
+               "is stored, the numba set the same arithmetic to each row of the tile while it is in L1; numpy "
+               "and torch make a pass of `np.tanh` / `tanh_` over the output after the matmul and bias")
 
 
 def analysis(res: Results, peak, fc, tta, paired=None, peers=None):
@@ -873,6 +886,16 @@ def analysis(res: Results, peak, fc, tta, paired=None, peers=None):
                         + ", ".join(f"`{s}` {c:.2f}×" for s, c in turns) + ".")
         how = {s: FUSION[s] for s, _ in fus if s in FUSION}
         para += [f"`{s}` {text}." for s, text in how.items()]
+        tanh = [(s, tg.epilogue(s, "tanh")[0]) for s in compiled + ["numpy", "torch"]]
+        tanh = [(s, c) for s, c in tanh if c is not None]
+        if tanh:
+            para.append("With tanh in place of ReLU (linear(activation=\"tanh\")): "
+                        + ", ".join(f"`{s}` {c:.2f}×" for s, c in tanh) + " the matmul")
+            turns = [(s, tg.paired[("epilogue-tanh", s)]) for s in compiled if ("epilogue-tanh", s) in tg.paired]
+            if turns:
+                para[-1] += " (alternating turns: " + ", ".join(f"`{s}` {c:.2f}×" for s, c in turns) + ")"
+            para[-1] += (". tanh is some 25 flops an element where ReLU is one, so the epilogue costs what its "
+                         "arithmetic costs: " + TANH_FUSION)
         if turns and any(dict(fus).get(s, 0) > 1.05 >= c for s, c in turns):
             para.append("A fused set that reads above 1.05 in the suite but not in alternating turns shows the "
                         "minutes between the suite's two groups, not a pass of the epilogue's own.")

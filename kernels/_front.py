@@ -18,15 +18,21 @@ The backend protocol (every argument already checked; arrays C-contiguous)::
     matmul(a, b, out, trans_a, trans_b)                           # out = op(a) @ op(b)
     relu(x, out)
     relu_backward(grad_y, y, out)
+    tanh(x, out)
+    tanh_backward(grad_y, y, out)                                  # out = grad_y * (1 - y^2)
+    dropout(x, out, key, threshold, scale)                         # x, out (rows, units); see
+        # kernels/_layers.py: out = x * scale where the hash of (key, unit) >= threshold, else 0
     softmax_cross_entropy(logits, labels_int64, grad) -> loss     # float or 0-d native array;
         # with CHECKS_LABELS = True the front leaves the label range to the kernel, which
         # returns a negative loss (a real one never is) if any label is outside [0, classes)
-    linear(x, w, b, out, relu)
-    linear_backward(x, w, y, grad_y, grad_x_or_None, grad_w, grad_b, relu)
+    linear(x, w, b, out, act)                                      # act: kernels._layers'
+    linear_backward(x, w, y, grad_y, grad_x_or_None, grad_w, grad_b, act)   # ACT_NONE, ACT_RELU
+        # or ACT_TANH (ints; True and False still mean ReLU and none)
     sgd_step(param, grad, velocity_or_None, lr, momentum, weight_decay)
     adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay)
-    train_steps(params, x, labels_int64, order_int64, batch, losses, opt)   # optional: fused;
-        # without it the set runs kernels/_steps.py's per_op, which composes the ops above
+    train_steps(params, x, labels_int64, order_int64, batch, losses, opt, hidden)  # optional:
+        # fused; without it the set runs kernels/_steps.py's per_op, which composes the ops
+        # above (hidden: kernels._steps.Hidden, the hidden layers' activation and dropout)
     set_threads(n)
     isa() -> str                                                   # optional: the instruction-set
         # path the set runs (kernels._isa: avx512, avx2, neon, generic; numpy: its BLAS kernel)
@@ -39,7 +45,9 @@ import numbers
 
 import numpy as np
 
+from . import _layers
 from ._arrays import FLOAT_DTYPES
+from ._steps import Hidden
 
 # The thread count last applied to each backend's threading runtime (Numba's, OpenMP's,
 # torch's, BLAS's). Each set applies its own count before an op when it differs, so two sets
@@ -133,6 +141,52 @@ class KernelSet:
         self._backend.relu_backward(self._c(grad_y), self._c(y), target)
         return self._finish(out, target)
 
+    def tanh(self, x, *, out=None):
+        """tanh(x), elementwise."""
+        op = "tanh"
+        dtype = self._float(op, "x", x, (), any_ndim=True)
+        target = self._out(op, "out", out, _shape(x), dtype, inputs=(x,), elementwise=True)
+        self._sync_threads()
+        self._backend.tanh(self._c(x), target)
+        return self._finish(out, target)
+
+    def tanh_backward(self, grad_y, y, *, out=None):
+        """grad_y * (1 - y^2): the gradient through a tanh whose output was y."""
+        op = "tanh_backward"
+        self._float(op, "grad_y", grad_y, (), any_ndim=True)
+        self._float(op, "y", y, (), any_ndim=True)
+        dtype = self._same_dtype(op, grad_y=grad_y, y=y)
+        if _shape(grad_y) != _shape(y):
+            raise ValueError(
+                f"{op}: grad_y has shape {_shape(grad_y)} but y has shape {_shape(y)}; they must match"
+            )
+        target = self._out(op, "out", out, _shape(y), dtype, inputs=(grad_y, y), elementwise=True)
+        self._sync_threads()
+        self._backend.tanh_backward(self._c(grad_y), self._c(y), target)
+        return self._finish(out, target)
+
+    def dropout(self, x, *, p, seed, step, layer=0, out=None):
+        """Inverted dropout of a batch of activations x (rows, units): each unit kept with
+        probability 1 - p and scaled by 1 / (1 - p), the rest zero. The mask is a hash of
+        (seed, step, layer, row, unit) (kernels/_layers.py), the same in every set; the
+        backward pass is dropout_backward with the same four numbers."""
+        return self._dropout("dropout", "x", x, p, seed, step, layer, out)
+
+    def dropout_backward(self, grad_y, *, p, seed, step, layer=0, out=None):
+        """The gradient through dropout(x, p=p, seed=seed, step=step, layer=layer): grad_y
+        masked and scaled as x was (the mask recomputed, not stored)."""
+        return self._dropout("dropout_backward", "grad_y", grad_y, p, seed, step, layer, out)
+
+    def _dropout(self, op, name, x, p, seed, step, layer, out):
+        dtype = self._float(op, name, x, ("rows", "units"))
+        p = self._rate(op, p)
+        key = _layers.mask_key(self._count(op, "seed", seed, 64), self._count(op, "step", step, 63),
+                               self._count(op, "layer", layer, 32))
+        target = self._out(op, "out", out, _shape(x), dtype, inputs=(x,), elementwise=True)
+        self._sync_threads()
+        self._backend.dropout(self._c(x), target, key, _layers.threshold(p), _layers.scale(p))
+        return self._finish(out, target)
+
     def softmax_cross_entropy(self, logits, labels, *, out=None):
         """(mean cross-entropy loss as a 0-d array, its gradient with respect to logits).
 
@@ -151,23 +205,25 @@ class KernelSet:
             raise RuntimeError(f"{op}: the kernel reported a label out of range, but none is")
         return self._arrays.scalar(loss, dtype), self._finish(out, target)
 
-    def linear(self, x, w, b, *, relu=False, out=None):
-        """x @ w + b, and max(., 0) in the same pass when relu=True."""
+    def linear(self, x, w, b, *, activation=None, relu=False, out=None):
+        """act(x @ w + b), the activation in the same pass: ``activation`` None (identity),
+        "relu" or "tanh"; relu=True is activation="relu"."""
         op = "linear"
-        relu = self._flag(op, "relu", relu)
+        act = self._activation(op, activation, relu)
         dtype, size = self._check(op, [("x", x, ("batch", "in")), ("w", w, ("in", "out")), ("b", b, ("out",))])
         target = self._out(op, "out", out, (size["batch"], size["out"]), dtype, inputs=(x, w, b))
         self._sync_threads()
-        self._backend.linear(self._c(x), self._c(w), self._c(b), target, relu)
+        self._backend.linear(self._c(x), self._c(w), self._c(b), target, act)
         return self._finish(out, target)
 
-    def linear_backward(self, x, w, y, grad_y, *, relu=False, need_grad_x=True, out=None):
-        """Gradients of linear(x, w, b, relu=relu) = y: (grad_x or None, grad_w, grad_b).
+    def linear_backward(self, x, w, y, grad_y, *, activation=None, relu=False, need_grad_x=True, out=None):
+        """Gradients of linear(x, w, b, activation=activation) = y: (grad_x or None, grad_w,
+        grad_b); the activation's derivative is taken from its output y.
 
         ``out``, if given, is a tuple (grad_x or None, grad_w, grad_b) of arrays to write.
         """
         op = "linear_backward"
-        relu = self._flag(op, "relu", relu)
+        act = self._activation(op, activation, relu)
         need_grad_x = self._flag(op, "need_grad_x", need_grad_x)
         dtype, size = self._check(op, [
             ("x", x, ("batch", "in")),
@@ -189,7 +245,7 @@ class KernelSet:
         gb = self._out(op, "out[2] (grad_b)", out[2], (size["out"],), dtype, inputs=inputs)
         self._sync_threads()
         self._backend.linear_backward(
-            self._c(x), self._c(w), self._c(y), self._c(grad_y), gx, gw, gb, relu
+            self._c(x), self._c(w), self._c(y), self._c(grad_y), gx, gw, gb, act
         )
         return (
             self._finish(out[0], gx) if need_grad_x else None,
@@ -239,16 +295,18 @@ class KernelSet:
 
     def train_steps(self, params, x, labels, order, *, batch, lr, optimizer="sgd", momentum=0.0,
                     velocity=None, m=None, v=None, step=0, beta1=0.9, beta2=0.999, eps=1e-8,
-                    weight_decay=0.0, out=None):
-        """Train a ReLU MLP on x[order] in batches of ``batch`` rows, in one call; the losses.
+                    weight_decay=0.0, activation="relu", dropout=0.0, seed=0, out=None):
+        """Train an MLP on x[order] in batches of ``batch`` rows, in one call; the losses.
 
         params is [w1, b1, ..., wL, bL] (w_i (n_{i-1}, n_i), b_i (n_i,)), updated in place, as
         are the optimizer's state arrays: ``velocity`` (a list aligned with params) for SGD
         with momentum; ``m`` and ``v`` for Adam, whose ``step`` counts the steps taken before
-        this call. Each step is exactly the per-op one (linear with ReLU on hidden layers,
-        softmax_cross_entropy, linear_backward, then sgd_step or adam_step on w1, b1, w2, ...;
-        see kernels/_steps.py); a set with a fused version runs it without leaving compiled
-        code. Returns (or writes into ``out``) the loss of every step, before its update:
+        this call (it numbers the dropout masks too, so pass it for SGD as well). Hidden layers
+        use ``activation`` ("relu" or "tanh") and, when ``dropout`` > 0, inverted dropout of
+        that rate with masks from ``seed`` (kernels/_layers.py). Each step is exactly the
+        per-op one (linear with the activation on hidden layers, dropout, softmax_cross_entropy,
+        linear_backward, dropout_backward, then sgd_step or adam_step on w1, b1, w2, ...; see
+        kernels/_steps.py); a set with a fused version runs it without leaving compiled code. Returns (or writes into ``out``) the loss of every step, before its update:
         ceil(len(order) / batch) values; the last batch may be partial.
         """
         op = "train_steps"
@@ -275,6 +333,12 @@ class KernelSet:
             raise TypeError(f"{op}: step must be an integer (the steps taken before this call), got {step!r}")
         if step < 0:
             raise ValueError(f"{op}: step must be at least 0 (the steps taken before this call), got {step}")
+        if activation not in _layers.ACTIVATION_NAMES:
+            raise ValueError(f"{op}: activation must be one of {', '.join(map(repr, _layers.ACTIVATION_NAMES))} "
+                             f"(that of every hidden layer), got {activation!r}")
+        rate = self._rate(op, dropout, name="dropout")
+        hidden = Hidden(act=_layers.ACTIVATIONS[activation], p=rate, seed=self._count(op, "seed", seed, 64),
+                        threshold=_layers.threshold(rate), scale=_layers.scale(rate))
         hyper = dict(lr=self._hyper(op, "lr", lr), weight_decay=self._hyper(op, "weight_decay", weight_decay))
         names = [spec[0] for spec in specs[1:]]
         in_place = list(zip(names, params))
@@ -315,9 +379,9 @@ class KernelSet:
         self._sync_threads()
         fused = getattr(self._backend, "train_steps", None)
         if fused is not None:
-            fused(list(params), self._c(x), labels, order, int(batch), losses, opt)
+            fused(list(params), self._c(x), labels, order, int(batch), losses, opt, hidden)
         else:
-            per_op(self._backend, A, list(params), self._c(x), labels, order, int(batch), losses, opt)
+            per_op(self._backend, A, list(params), self._c(x), labels, order, int(batch), losses, opt, hidden)
         return self._finish(out, losses)
 
     # ------------------------------------------------------------------ checks
@@ -528,6 +592,38 @@ class KernelSet:
         for (_, x, in_place), target in zip(arrays, targets):
             if in_place and target is not x:
                 self._arrays.copy_into(x, target)
+
+    @staticmethod
+    def _activation(op, activation, relu):
+        """The backend's activation code from ``activation`` and the older ``relu`` flag."""
+        relu = KernelSet._flag(op, "relu", relu)
+        if activation is None:
+            return _layers.ACT_RELU if relu else _layers.ACT_NONE
+        if not isinstance(activation, str) or activation not in _layers.ACTIVATIONS:
+            raise ValueError(f"{op}: activation must be None, 'relu' or 'tanh', got {activation!r}")
+        if relu and activation != "relu":
+            raise ValueError(f"{op}: relu=True and activation={activation!r} disagree; pass activation alone")
+        return _layers.ACTIVATIONS[activation]
+
+    @staticmethod
+    def _rate(op, p, name="p"):
+        """A dropout rate: a real number in [0, 1), as a Python float."""
+        if isinstance(p, bool) or not isinstance(p, numbers.Real):
+            raise TypeError(f"{op}: {name} must be a real number (the dropout rate), got {p!r}")
+        p = float(p)
+        if not 0.0 <= p < 1.0:  # NaN fails too
+            raise ValueError(f"{op}: {name} must be a dropout rate in [0, 1), got {p}")
+        return p
+
+    @staticmethod
+    def _count(op, name, value, bits):
+        """A non-negative integer below 2**bits (a seed, a step number, a layer index)."""
+        if type(value) is not int and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            raise TypeError(f"{op}: {name} must be an integer, got {value!r}")
+        value = int(value)
+        if not 0 <= value < 2**bits:
+            raise ValueError(f"{op}: {name} must be in [0, 2**{bits}), got {value}")
+        return value
 
     @staticmethod
     def _flag(op, name, value):

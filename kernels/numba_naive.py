@@ -24,6 +24,9 @@ _isa.configure_numba()   # before anything compiles: the path KERNELS_ISA forces
 
 from numba import njit, set_num_threads  # noqa: E402
 
+from ._layers import ACT_RELU, ACT_TANH
+from ._numba_layers import dropout_flat
+
 THREADS_KEY = "numba"
 
 
@@ -80,6 +83,39 @@ def relu_backward(grad_y, y, out):
     _relu_backward(grad_y.reshape(-1), y.reshape(-1), out.reshape(-1))
 
 
+# ---------------------------------------------------------------- tanh
+
+
+@njit(cache=True)
+def _tanh(x, out):
+    # x, out are (size,)
+    for i in range(x.shape[0]):
+        out[i] = math.tanh(x[i])
+
+
+def tanh(x, out):
+    _tanh(x.reshape(-1), out.reshape(-1))
+
+
+@njit(cache=True)
+def _tanh_backward(grad_y, y, out):
+    # grad_y, y, out are (size,); out = grad_y * (1 - y^2)
+    for i in range(y.shape[0]):
+        out[i] = grad_y[i] * (1.0 - y[i] * y[i])
+
+
+def tanh_backward(grad_y, y, out):
+    _tanh_backward(grad_y.reshape(-1), y.reshape(-1), out.reshape(-1))
+
+
+# ---------------------------------------------------------------- dropout
+
+
+def dropout(x, out, key, threshold, scale):
+    # x, out (rows, units): x * scale where the unit's hash >= threshold, else 0 (kernels/_layers.py)
+    dropout_flat(x.reshape(-1), out.reshape(-1), key, threshold, x.dtype.type(scale))
+
+
 # ---------------------------------------------------------------- softmax cross-entropy
 
 
@@ -114,8 +150,8 @@ def softmax_cross_entropy(logits, labels, grad):
 
 
 @njit(cache=True)
-def _linear(x, w, b, out, relu):
-    # x (B, in), w (in, out), b (out,), out (B, out): out = x @ w + b, then max(., 0) if relu
+def _linear(x, w, b, out, act):
+    # x (B, in), w (in, out), b (out,), out (B, out): out = act(x @ w + b)
     batch, n_in = x.shape
     n_out = w.shape[1]
     for i in range(batch):
@@ -124,25 +160,32 @@ def _linear(x, w, b, out, relu):
             for p in range(n_in):
                 acc += x[i, p] * w[p, j]
             acc += b[j]
-            if relu and acc < 0:
+            if act == ACT_RELU and acc < 0:
                 acc = 0.0
+            elif act == ACT_TANH:
+                acc = math.tanh(acc)
             out[i, j] = acc
 
 
-def linear(x, w, b, out, relu):
-    _linear(x, w, b, out, relu)
+def linear(x, w, b, out, act):
+    _linear(x, w, b, out, int(act))
 
 
 @njit(cache=True)
-def _linear_backward(x, w, y, grad_y, grad_x, grad_w, grad_b, relu, need_grad_x):
+def _linear_backward(x, w, y, grad_y, grad_x, grad_w, grad_b, act, need_grad_x):
     # x (B, in), w (in, out), y and grad_y (B, out); grad_x (B, in), grad_w (in, out), grad_b (out,)
     batch, n_in = x.shape
     n_out = w.shape[1]
-    # g = grad_y * (y > 0) with relu: the gradient at the pre-activation
+    # g: the gradient at the pre-activation (relu: grad_y * (y > 0); tanh: grad_y * (1 - y^2))
     g = np.empty_like(grad_y)
     for i in range(batch):
         for j in range(n_out):
-            g[i, j] = grad_y[i, j] if (not relu or y[i, j] > 0) else 0.0
+            if act == ACT_RELU:
+                g[i, j] = grad_y[i, j] if y[i, j] > 0 else 0.0
+            elif act == ACT_TANH:
+                g[i, j] = grad_y[i, j] * (1.0 - y[i, j] * y[i, j])
+            else:
+                g[i, j] = grad_y[i, j]
     # y = x @ w + b  ->  grad_w = x^T g
     for p in range(n_in):
         for j in range(n_out):
@@ -166,9 +209,9 @@ def _linear_backward(x, w, y, grad_y, grad_x, grad_w, grad_b, relu, need_grad_x)
                 grad_x[i, p] = acc
 
 
-def linear_backward(x, w, y, grad_y, grad_x, grad_w, grad_b, relu):
+def linear_backward(x, w, y, grad_y, grad_x, grad_w, grad_b, act):
     need = grad_x is not None
-    _linear_backward(x, w, y, grad_y, grad_x if need else grad_w, grad_w, grad_b, relu, need)
+    _linear_backward(x, w, y, grad_y, grad_x if need else grad_w, grad_w, grad_b, int(act), need)
 
 
 # ---------------------------------------------------------------- optimizers

@@ -27,7 +27,7 @@ Design note
   (5 GFLOP/s measured); the intrinsic runs at the FMA units' peak (113 GFLOP/s per core,
   float32, Zen 4). A half-width variant (half the vector registers per row) takes narrow edge
   panels (n % NR <= that width, n = 10 logits on avx512).
-* The epilogue (bias, ReLU, accumulate-into-C across k blocks) is applied while the tile is
+* The epilogue (bias, ReLU or tanh, accumulate-into-C across k blocks) is applied while the tile is
   in L1, so linear's bias and ReLU cost no second pass over the output.
 * Packing and the epilogue index flat arrays with unsigned indices (``U``): Numba's
   negative-index fix-up on signed indices, and the reference counting of per-row views, each
@@ -93,6 +93,8 @@ from numba.core import cgutils  # noqa: E402
 from numba.extending import intrinsic, overload  # noqa: E402
 
 from . import numba_naive  # noqa: E402
+from ._layers import ACT_NONE, ACT_RELU, ACT_TANH  # noqa: E402
+from ._numba_layers import dropout_flat, mask_key, tanh_flat, tanh_span  # noqa: E402
 
 THREADS_KEY = "numba"
 CHECKS_LABELS = True   # softmax_cross_entropy checks the label range itself (-1 if one is out)
@@ -415,12 +417,14 @@ def _pack_b(b, trans_b, p0, kc, j0, cols, bp):
 def _store_tile(tile, c, i0, j0, mr, nr, first, last, bias, relu):
     # The epilogue, while the tile is hot: C[i0:i0+mr, j0:j0+nr] = tile (+ bias on the first k
     # block when bias is not empty, + C on later ones), then max(., 0) on the last k block when
-    # relu. mr <= MR, nr <= NR: the one masked path every edge goes through.
+    # relu (an activation code: ACT_RELU max(., 0), ACT_TANH tanh; a bool means ReLU or none).
+    # mr <= MR, nr <= NR: the one masked path every edge goes through.
     _, nr_, _, _, _ = _blocking(tile)
     cf = c.reshape(c.size)
     ldc = c.shape[1]
     add_bias = first and bias.size > 0
-    clamp = relu and last
+    clamp = relu == ACT_RELU and last
+    squash = relu == ACT_TANH and last
     for i in range(mr):
         t = i * nr_
         row = (i0 + i) * ldc + j0
@@ -436,6 +440,8 @@ def _store_tile(tile, c, i0, j0, mr, nr, first, last, bias, relu):
         if clamp:
             for j in range(nr):
                 cf[U(row + j)] = max(cf[U(row + j)], 0)
+        elif squash:    # (a call, not inlined: its loop keeps its own fastmath flags)
+            tanh_span(cf, row, nr)
 
 
 # ---------------------------------------------------------------- matmul: the five loops
@@ -552,9 +558,11 @@ def _gemm_rows(a, b, c, trans_a, trans_b, bias, relu):
         if bias.size > 0:
             for j in range(n):
                 cf[U(row + j)] += bias[U(j)]
-        if relu:
+        if relu == ACT_RELU:
             for j in range(n):
                 cf[U(row + j)] = max(cf[U(row + j)], 0)
+        elif relu == ACT_TANH:
+            tanh_span(cf, row, n)
 
 
 @njit(cache=True, inline="always")
@@ -791,6 +799,47 @@ def relu_backward(grad_y, y, out):
         _relu_backward_serial(gf, yf, of)
 
 
+# ---------------------------------------------------------------- tanh and dropout
+
+# tanh is arithmetic-bound (about 35 vector operations a vector where relu has one): threads
+# pay from a quarter of the elementwise ops' size (32 Ki elements, as the cython set's tanh).
+PARALLEL_MIN_TANH = PARALLEL_MIN_ELEMENTS // 4
+
+
+@njit(cache=True, parallel=True)
+def _tanh_parallel(x, out, parts):
+    per = (x.shape[0] + parts - 1) // parts
+    for part in prange(parts):
+        lo, hi = min(part * per, x.shape[0]), min((part + 1) * per, x.shape[0])
+        tanh_flat(x[lo:hi], out[lo:hi])
+
+
+def tanh(x, out):
+    # x, out: one shape, any ndim; tanh_flat is _numba_layers' tanh_one, which vectorises
+    xf, of, threads = x.reshape(-1), out.reshape(-1), _threads[0]
+    if x.size >= PARALLEL_MIN_TANH and threads > 1:
+        _tanh_parallel(xf, of, threads)
+    else:
+        tanh_flat(xf, of)
+
+
+@njit(cache=True, fastmath={"contract"})
+def _tanh_backward_span(grad_y, y, out):
+    # grad_y, y, out (size,): out = grad_y * (1 - y^2)
+    for i in range(y.shape[0]):
+        out[i] = grad_y[i] * (1 - y[i] * y[i])
+
+
+def tanh_backward(grad_y, y, out):
+    # grad_y, y, out: one shape, any ndim
+    _tanh_backward_span(grad_y.reshape(-1), y.reshape(-1), out.reshape(-1))
+
+
+def dropout(x, out, key, threshold, scale):
+    # x, out (rows, units): x * scale where the unit's hash >= threshold, else 0 (kernels/_layers.py)
+    dropout_flat(x.reshape(-1), out.reshape(-1), key, threshold, x.dtype.type(scale))
+
+
 # ---------------------------------------------------------------- softmax cross-entropy
 
 # Rows (of 10 classes) are cheap: threads pay only for large batches.
@@ -1001,26 +1050,32 @@ def softmax_cross_entropy(logits, labels, grad):
 # ---------------------------------------------------------------- linear and its backward
 
 
-def linear(x, w, b, out, relu):
-    # x (B, in), w (in, out), b (out,), out (B, out): out = x @ w + b (then max(., 0) if relu),
-    # bias and ReLU applied in the matmul's epilogue while each tile is in L1
+def linear(x, w, b, out, act):
+    # x (B, in), w (in, out), b (out,), out (B, out): out = act(x @ w + b) (act: kernels._layers'
+    # code), bias and activation applied in the matmul's epilogue while each tile is in L1
     (batch, n_in), n_out, threads = x.shape, w.shape[1], _threads[0]
     work = _scratch_for("work", out.dtype, _gemm_work_size(out.dtype, batch, n_out, n_in, threads))
-    _gemm(x, w, out, False, False, b, relu, threads, work)
+    _gemm(x, w, out, False, False, b, int(act), threads, work)
 
 
 @njit(cache=True, fastmath=True)
 def _bias_grad(grad_y, y, grad_b, relu, g, sums):
-    # grad_y, y, g (B, out), grad_b (out,), sums (>= out,) float64 scratch. Writes
-    # g = grad_y * (y > 0) if relu and grad_b = sum over rows of g, in one pass over grad_y;
-    # returns g, or grad_y when not relu (g is then untouched). g should not be grad_y: in
-    # place, the vectoriser's run-time overlap check fails and the loop runs scalar, 3x slower.
+    # grad_y, y, g (B, out), grad_b (out,), sums (>= out,) float64 scratch. Writes the gradient
+    # at the pre-activation, g = grad_y * (y > 0) (relu ACT_RELU or True) or grad_y * (1 - y^2)
+    # (ACT_TANH), and grad_b = sum over rows of g, in one pass over grad_y; returns g, or grad_y
+    # with no activation (g is then untouched). g should not be grad_y: in place, the
+    # vectoriser's run-time overlap check fails and the loop runs scalar, 3x slower.
     batch, n_out = grad_y.shape
     sums[:n_out] = 0
     for i in range(batch):
-        if relu:
+        if relu == ACT_RELU:
             for j in range(n_out):
                 v = grad_y[i, j] if y[i, j] > 0 else 0
+                g[i, j] = v
+                sums[j] += v
+        elif relu == ACT_TANH:
+            for j in range(n_out):
+                v = grad_y[i, j] * (1 - y[i, j] * y[i, j])
                 g[i, j] = v
                 sums[j] += v
         else:
@@ -1028,7 +1083,7 @@ def _bias_grad(grad_y, y, grad_b, relu, g, sums):
                 sums[j] += grad_y[i, j]
     for j in range(n_out):
         grad_b[j] = sums[j]
-    return g if relu else grad_y
+    return grad_y if relu == ACT_NONE else g
 
 
 @njit(cache=True)
@@ -1050,15 +1105,16 @@ def _backward_work_size(dtype, batch, n_in, n_out, threads):
                _gemm_work_size(dtype, batch, n_in, n_out, threads))
 
 
-def linear_backward(x, w, y, grad_y, grad_x, grad_w, grad_b, relu):
+def linear_backward(x, w, y, grad_y, grad_x, grad_w, grad_b, act):
     # x (B, in), w (in, out), y and grad_y (B, out); grad_x (B, in), grad_w (in, out), grad_b (out,)
     (batch, n_in), n_out, dtype, threads = x.shape, w.shape[1], x.dtype, _threads[0]
-    # one scratch array: g (the masked gradient, when relu) then the matmuls' packing buffers
-    g_size = batch * n_out if relu else 0
+    # one scratch array: g (the gradient past the activation, if any) then the matmuls' buffers
+    act = int(act)
+    g_size = batch * n_out if act != ACT_NONE else 0
     scratch = _scratch_for("work", dtype, g_size + _backward_work_size(dtype, batch, n_in, n_out, threads))
-    g = scratch[:g_size].reshape(batch, n_out) if relu else grad_y
+    g = scratch[:g_size].reshape(batch, n_out) if act != ACT_NONE else grad_y
     sums = _scratch_for("sums", np.dtype(np.float64), n_out)
-    _linear_backward(x, w, y, grad_y, grad_w if grad_x is None else grad_x, grad_w, grad_b, relu,
+    _linear_backward(x, w, y, grad_y, grad_w if grad_x is None else grad_x, grad_w, grad_b, act,
                      grad_x is not None, g, sums, threads, scratch[g_size:])
 
 
@@ -1275,11 +1331,14 @@ def _rows(buf, rows, n):
 
 @njit(cache=True)
 def _train_steps(ws, bs, x, labels, order, batch, losses, adam, hyper, step, s1w, s1b, s2w, s2b,
-                 use_velocity, xb, yb, acts, grads, gmask, gws, gbs, sums, threads, work):
+                 use_velocity, xb, yb, acts, grads, gmask, gws, gbs, sums, threads, work,
+                 act, drop, seed, threshold, scale, pres):
     # ws, bs: the layers' weights and biases; s1 (velocity, or Adam's m) and s2 (Adam's v) the
     # optimizer state shaped like them (ws and bs stand in where unused). xb, yb, acts[i],
     # grads[i]: flat buffers for one batch: its rows, labels, layer outputs and their gradients;
-    # gmask: a layer's gradient through its ReLU; gws, gbs: the parameters' gradients.
+    # gmask: a layer's gradient through its activation; gws, gbs: the parameters' gradients.
+    # act: the hidden layers' activation code; with drop, dropout (kernels/_layers.py's masks
+    # from seed, threshold, scale) after each, pres[i] the output before it (acts[i] after).
     lr, momentum, weight_decay, beta1, beta2, eps = hyper
     sgd_h = _sgd_hyper(xb, lr, momentum, weight_decay)
     n_layers = len(ws)
@@ -1291,21 +1350,34 @@ def _train_steps(ws, bs, x, labels, order, batch, losses, adam, hyper, step, s1w
     for k in range(losses.shape[0]):
         lo = k * batch
         rows = min(batch, total - lo)
-        adam_h = _adam_hyper(xb, step + k + 1, lr, beta1, beta2, eps, weight_decay)
+        t = step + k + 1
+        adam_h = _adam_hyper(xb, t, lr, beta1, beta2, eps, weight_decay)
         _gather(x, labels, order, lo, rows, xb, yb, threads)
-        # forward: a_i = relu(a_{i-1} @ w_i + b_i), the last layer without relu
+        # forward: a_i = act(a_{i-1} @ w_i + b_i) (then dropout), the last layer without either
         a = _rows(xb, rows, n0)
         for i in range(n_layers):
-            y = _rows(acts[i], rows, ws[i].shape[1])
-            _gemm(a, ws[i], y, no, no, bs[i], i < last, threads, work)
-            a = y
+            n_out = ws[i].shape[1]
+            if drop and i < last:   # y_i into pres[i], d_i = dropout(y_i) into acts[i]
+                _gemm(a, ws[i], _rows(pres[i], rows, n_out), no, no, bs[i], act, threads, work)
+                dropout_flat(pres[i][:rows * n_out], acts[i][:rows * n_out], mask_key(seed, t, i + 1),
+                             threshold, scale)
+            else:
+                _gemm(a, ws[i], _rows(acts[i], rows, n_out), no, no, bs[i], act if i < last else ACT_NONE,
+                      threads, work)
+            a = _rows(acts[i], rows, n_out)
         losses[k] = softmax_cross_entropy(a, yb[:rows], _rows(grads[last], rows, ws[last].shape[1]))
         # backward, last layer first, each layer's update as soon as it is done with
         for i in range(last, -1, -1):
             n_in, n_out = ws[i].shape
             a = _rows(xb, rows, n0) if i == 0 else _rows(acts[i - 1], rows, n_in)
-            # the gradient at the pre-activation (into gmask, past a ReLU), and db
-            g = _bias_grad(_rows(grads[i], rows, n_out), _rows(acts[i], rows, n_out), gbs[i], i < last,
+            # the gradient at the pre-activation (through dropout's mask in place, then into
+            # gmask past the activation), and db
+            y = _rows(acts[i], rows, n_out)
+            if drop and i < last:
+                dropout_flat(grads[i][:rows * n_out], grads[i][:rows * n_out], mask_key(seed, t, i + 1),
+                             threshold, scale)
+                y = _rows(pres[i], rows, n_out)
+            g = _bias_grad(_rows(grads[i], rows, n_out), y, gbs[i], act if i < last else ACT_NONE,
                            _rows(gmask, rows, n_out), sums)
             if i > 0:   # grad_x = g w^T, into the previous layer's gradient
                 _gemm(g, ws[i], _rows(grads[i - 1], rows, n_in), no, yes, no_bias, no, threads, work)
@@ -1317,8 +1389,9 @@ def _train_steps(ws, bs, x, labels, order, batch, losses, adam, hyper, step, s1w
             _update(bs[i], gbs[i], s1b[i], s2b[i], adam, sgd_h, adam_h, use_velocity)
 
 
-def train_steps(params, x, labels, order, batch, losses, opt):
-    # params [w1, b1, ..., wL, bL]; opt a kernels._steps.Optimizer. The lists become tuples,
+def train_steps(params, x, labels, order, batch, losses, opt, hidden):
+    # params [w1, b1, ..., wL, bL]; opt a kernels._steps.Optimizer; hidden a kernels._steps.Hidden
+    # (activation code; dropout rate, seed, threshold, scale). The lists become tuples,
     # of one type per dtype and layer count whatever the optimizer: the parameters stand in
     # for state that is not there. The buffers for one batch are allocated once per call.
     if opt.kind == "adam":
@@ -1332,6 +1405,8 @@ def train_steps(params, x, labels, order, batch, losses, opt):
     sizes = [x.shape[1]] + [p.shape[1] for p in params[0::2]]
     xb, yb = np.empty(rows * sizes[0], dtype), np.empty(rows, np.int64)
     acts = tuple(np.empty(rows * n, dtype) for n in sizes[1:])
+    drop = hidden.p > 0    # then each hidden layer's output before dropout has a buffer too
+    pres = tuple(np.empty(rows * n, dtype) for n in sizes[1:]) if drop else acts
     grads = tuple(np.empty(rows * n, dtype) for n in sizes[1:])
     gmask = np.empty(rows * max(sizes[1:]), dtype)
     grad_params = [np.empty_like(p) for p in params]
@@ -1344,4 +1419,6 @@ def train_steps(params, x, labels, order, batch, losses, opt):
     _train_steps(tuple(params[0::2]), tuple(params[1::2]), x, labels, order, batch, losses,
                  opt.kind == "adam", hyper, opt.step, tuple(s1[0::2]), tuple(s1[1::2]),
                  tuple(s2[0::2]), tuple(s2[1::2]), opt.state is not None, xb, yb, acts, grads, gmask,
-                 tuple(grad_params[0::2]), tuple(grad_params[1::2]), sums, threads, work)
+                 tuple(grad_params[0::2]), tuple(grad_params[1::2]), sums, threads, work,
+                 int(hidden.act), drop, np.uint64(hidden.seed), np.uint64(hidden.threshold),
+                 dtype.type(hidden.scale), pres)

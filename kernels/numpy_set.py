@@ -10,6 +10,8 @@ import math
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from ._layers import ACT_RELU, ACT_TANH, dropout_numpy
+
 THREADS_KEY = "blas"
 
 
@@ -42,6 +44,22 @@ def relu_backward(grad_y, y, out):
     np.multiply(grad_y, y > 0, out=out)
 
 
+def tanh(x, out):
+    np.tanh(x, out=out)
+
+
+def tanh_backward(grad_y, y, out):
+    # out = grad_y * (1 - y^2), rounded op by op as written (out may be grad_y or y itself)
+    t = y * y
+    np.subtract(1, t, out=t)
+    np.multiply(grad_y, t, out=out)
+
+
+def dropout(x, out, key, threshold, scale):
+    # x, out (rows, units): x * scale where the unit's hash >= threshold, else 0 (kernels/_layers.py)
+    dropout_numpy(x, out, key, threshold, scale)
+
+
 def softmax_cross_entropy(logits, labels, grad):
     # logits (B, C), labels (B,) int64, grad (B, C)
     batch = logits.shape[0]
@@ -58,17 +76,24 @@ def softmax_cross_entropy(logits, labels, grad):
     return loss
 
 
-def linear(x, w, b, out, relu):
+def linear(x, w, b, out, act):
     # x (B, in), w (in, out), b (out,), out (B, out)
     np.matmul(x, w, out=out)
     out += b
-    if relu:
+    if act == ACT_RELU:
         np.maximum(out, 0, out=out)
+    elif act == ACT_TANH:
+        np.tanh(out, out=out)
 
 
-def linear_backward(x, w, y, grad_y, grad_x, grad_w, grad_b, relu):
+def linear_backward(x, w, y, grad_y, grad_x, grad_w, grad_b, act):
     # x (B, in), w (in, out), y and grad_y (B, out); grad_x (B, in), grad_w (in, out), grad_b (out,)
-    g = grad_y * (y > 0) if relu else grad_y          # gradient at the pre-activation
+    g = grad_y                                        # the gradient at the pre-activation:
+    if act == ACT_RELU:
+        g = grad_y * (y > 0)
+    elif act == ACT_TANH:
+        g = np.empty_like(grad_y)
+        tanh_backward(grad_y, y, g)
     np.matmul(x.T, g, out=grad_w)                     # y = x @ w + b  ->  dw = x^T g
     np.sum(g, axis=0, out=grad_b)                     #                    db = sum_rows g
     if grad_x is not None:

@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from ._layers import ACT_RELU, ACT_TANH, dropout_torch
+
 THREADS_KEY = "torch"
 
 
@@ -52,6 +54,24 @@ def relu_backward(grad_y, y, out):
 
 
 @torch.no_grad()
+def tanh(x, out):
+    torch.tanh(x, out=out)
+
+
+@torch.no_grad()
+def tanh_backward(grad_y, y, out):
+    # out = grad_y * (1 - y^2), op by op as the numpy set rounds it
+    t = torch.mul(y, y)
+    t.neg_().add_(1)                                  # 1 - y^2 (negation is exact)
+    torch.mul(grad_y, t, out=out)
+
+
+@torch.no_grad()
+def dropout(x, out, key, threshold, scale):
+    dropout_torch(x, out, key, threshold, scale)
+
+
+@torch.no_grad()
 def softmax_cross_entropy(logits, labels, grad):
     # logits (B, C), labels (B,) int64, grad (B, C)
     batch = logits.shape[0]
@@ -65,15 +85,22 @@ def softmax_cross_entropy(logits, labels, grad):
 
 
 @torch.no_grad()
-def linear(x, w, b, out, relu):
+def linear(x, w, b, out, act):
     torch.addmm(b, x, w, out=out)
-    if relu:
+    if act == ACT_RELU:
         out.clamp_(min=0)
+    elif act == ACT_TANH:
+        out.tanh_()
 
 
 @torch.no_grad()
-def linear_backward(x, w, y, grad_y, grad_x, grad_w, grad_b, relu):
-    g = grad_y * (y > 0) if relu else grad_y
+def linear_backward(x, w, y, grad_y, grad_x, grad_w, grad_b, act):
+    g = grad_y
+    if act == ACT_RELU:
+        g = grad_y * (y > 0)
+    elif act == ACT_TANH:
+        g = torch.empty_like(grad_y)
+        tanh_backward(grad_y, y, g)
     torch.mm(x.T, g, out=grad_w)
     torch.sum(g, dim=0, out=grad_b)
     if grad_x is not None:

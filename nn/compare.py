@@ -63,7 +63,8 @@ def table(rows: list[dict], base: Config, skipped: dict) -> str:
     lines = [
         "# Kernel sets compared on one training run",
         "",
-        f"{base.dataset}, hidden {','.join(map(str, base.hidden))}, {base.optimizer} lr {base.lr:g}, "
+        f"{base.dataset}, hidden {','.join(map(str, base.hidden))} ({base.activation}"
+        + (f", dropout {base.dropout:g}" if base.dropout else "") + f"), {base.optimizer} lr {base.lr:g}, "
         f"batch {base.batch_size}, {base.epochs} epoch(s), seed {base.seed}, "
         f"threads {rows[0]['environment']['threads'] if rows else base.threads}, device {base.device}"
         + (f", first {base.limit} samples" if base.limit else ""),

@@ -34,15 +34,15 @@ class KernelEngine:
     """The MLP trained by a kernel set: every op of the step is one of ``ks``'s."""
 
     def __init__(self, ks, sizes, params, *, optimizer="adam", lr=1e-3, weight_decay=0.0,
-                 momentum=0.9, batch_size=64, train=None, eval_sets=None, eval_batch=1000,
-                 samples_per_call=4096):
+                 momentum=0.9, batch_size=64, activation="relu", dropout=0.0, seed=0, train=None,
+                 eval_sets=None, eval_batch=1000, samples_per_call=4096):
         # train: (x float32 (N, in), y int64 (N,)) NumPy; eval_sets: {name: (x, y)} NumPy
         self.ks = ks
         self.batch_size = int(batch_size)
         # a train_steps call covers about samples_per_call samples: its checks are paid once
         # per call, and Ctrl-C waits at most one call (tens of milliseconds)
         self.steps_per_call = max(1, samples_per_call // self.batch_size)
-        self.model = MLP(ks, sizes, params)
+        self.model = MLP(ks, sizes, params, activation=activation, dropout=dropout, seed=seed)
         self.opt = Optimizer(ks, self.model.params, optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum)
         self.batches = Batches(ks, *train) if train is not None else None
         self.eval_batch = eval_batch
@@ -78,7 +78,7 @@ class KernelEngine:
         while start < end:
             part = idx[start:min(start + self.steps_per_call * b, end)]
             losses = ks.train_steps(self.model.params, self.batches.x, self.batches.y, part, batch=b,
-                                    **self.opt.train_steps_args())
+                                    **self.opt.train_steps_args(), **self.model.hidden_args())
             self.opt.step_count += int(losses.shape[0])
             start += int(part.shape[0])
             yield ks.to_numpy(losses).astype(np.float64)

@@ -90,10 +90,11 @@ class Optimizer:
                 ks.sgd_step(p, g, lr=self.lr, weight_decay=self.weight_decay)
 
     def train_steps_args(self) -> dict:
-        """This optimizer as ks.train_steps' keyword arguments (its state arrays, updated there)."""
-        args = dict(lr=self.lr, weight_decay=self.weight_decay)
+        """This optimizer as ks.train_steps' keyword arguments (its state arrays, updated there).
+        ``step`` goes for every kind: it numbers the dropout masks too."""
+        args = dict(lr=self.lr, weight_decay=self.weight_decay, step=self.step_count)
         if self.kind == "adam":
-            return dict(args, optimizer="adam", m=self.state["m"], v=self.state["v"], step=self.step_count,
+            return dict(args, optimizer="adam", m=self.state["m"], v=self.state["v"],
                         beta1=self.beta1, beta2=self.beta2, eps=self.eps)
         if self.kind == "momentum":
             return dict(args, optimizer="sgd", momentum=self.momentum, velocity=self.state["velocity"])
@@ -128,7 +129,7 @@ def _copy_in(ks, native, values: np.ndarray) -> None:
 class _Buffers:
     """Everything one step at batch size B writes: activations, their gradients, the batch."""
 
-    def __init__(self, ks, sizes: list[int], batch: int, label_dtype):
+    def __init__(self, ks, sizes: list[int], batch: int, label_dtype, dropout: bool = False):
         def zeros(*shape, dtype=np.float32):
             return ks.asarray(np.zeros(shape, dtype=dtype))
 
@@ -137,17 +138,23 @@ class _Buffers:
         self.acts = [zeros(batch, n) for n in sizes[1:]]             # outputs of each linear
         self.grad_acts = [zeros(batch, n) for n in sizes[1:]]        # d loss / d each output
         # grad_acts[-1] is d loss / d logits, written by softmax_cross_entropy
+        # with dropout, each hidden layer's output after it (the next layer's input)
+        self.dropped = [zeros(batch, n) for n in sizes[1:-1]] if dropout else None
 
 
 class MLP:
-    """A fully connected ReLU network with softmax-cross-entropy, computed by kernel set ``ks``.
+    """A fully connected network with softmax-cross-entropy, computed by kernel set ``ks``.
 
-    sizes [784, 128, 64, 10] means three linear layers, ReLU after all but the last.
+    sizes [784, 128, 64, 10] means three linear layers, ``activation`` ("relu" or "tanh")
+    after all but the last, then (in training only) inverted dropout of rate ``dropout``,
+    its masks from ``seed`` and the step number (kernels/_layers.py).
     params: [w1, b1, ...] as NumPy float32 (from init_params); copied into the set.
     """
 
-    def __init__(self, ks, sizes: list[int], params: list[np.ndarray]):
+    def __init__(self, ks, sizes: list[int], params: list[np.ndarray], activation: str = "relu",
+                 dropout: float = 0.0, seed: int = 0):
         self.ks = ks
+        self.activation, self.dropout, self.seed = activation, float(dropout), int(seed)
         self.sizes = list(sizes)
         self.n_layers = len(sizes) - 1
         self.params = [ks.asarray(np.array(p, dtype=np.float32, copy=True)) for p in params]
@@ -164,45 +171,64 @@ class MLP:
     def buffers(self, batch: int) -> _Buffers:
         """The preallocated arrays for a batch of ``batch`` rows, made on first use."""
         if batch not in self._buffers:
-            self._buffers[batch] = _Buffers(self.ks, self.sizes, batch, np.int64)
+            self._buffers[batch] = _Buffers(self.ks, self.sizes, batch, np.int64, self.dropout > 0)
         return self._buffers[batch]
+
+    def hidden_args(self) -> dict:
+        """The hidden layers as ks.train_steps' keyword arguments."""
+        return dict(activation=self.activation, dropout=self.dropout, seed=self.seed)
 
     # ------------------------------------------------------------------ forward, backward
 
-    def forward(self, x, buf: _Buffers):
-        """x (B, sizes[0]) -> logits (B, sizes[-1]); every layer's output kept in buf.acts."""
+    def _input(self, x, buf: _Buffers, i: int, step):
+        """Layer i's input: x, the layer below's output, or (training with dropout) that
+        output after dropout."""
+        if i == 0:
+            return x
+        return buf.dropped[i - 1] if step is not None and buf.dropped is not None else buf.acts[i - 1]
+
+    def forward(self, x, buf: _Buffers, step: int | None = None):
+        """x (B, sizes[0]) -> logits (B, sizes[-1]); every layer's output kept in buf.acts.
+        ``step`` (the run's step number, from 1) in training: dropout's masks; None evaluates."""
         ks = self.ks
-        inp = x
         for i in range(self.n_layers):
-            # inp (B, in), w (in, out), b (out,) -> acts[i] (B, out); ReLU on every hidden layer
+            # inp (B, in), w (in, out), b (out,) -> acts[i] (B, out); the activation on hidden layers
             hidden = i < self.n_layers - 1
-            ks.linear(inp, self.w(i), self.b(i), relu=hidden, out=buf.acts[i])
-            inp = buf.acts[i]
+            ks.linear(self._input(x, buf, i, step), self.w(i), self.b(i),
+                      activation=self.activation if hidden else None, out=buf.acts[i])
+            if hidden and step is not None and buf.dropped is not None:
+                # dropped[i] = acts[i] * mask / (1 - p): the next layer's input
+                ks.dropout(buf.acts[i], p=self.dropout, seed=self.seed, step=step, layer=i + 1, out=buf.dropped[i])
         return buf.acts[-1]
 
-    def backward(self, x, buf: _Buffers) -> None:
+    def backward(self, x, buf: _Buffers, step: int | None = None) -> None:
         """Gradients of every parameter into self.grads, from buf.grad_acts[-1] (d loss / d logits)
         back through the layers in reverse; each step undoes one forward line."""
         ks = self.ks
         for i in reversed(range(self.n_layers)):
-            # forward was: acts[i] = relu?(inp @ w_i + b_i), inp = acts[i-1] or x
-            inp = buf.acts[i - 1] if i > 0 else x
+            # forward was: acts[i] = act?(inp @ w_i + b_i), inp = x, acts[i-1] or dropped[i-1]
             hidden = i < self.n_layers - 1
             grad_inp = buf.grad_acts[i - 1] if i > 0 else None   # the input's gradient is never needed
             ks.linear_backward(
-                inp, self.w(i), buf.acts[i], buf.grad_acts[i], relu=hidden, need_grad_x=i > 0,
+                self._input(x, buf, i, step), self.w(i), buf.acts[i], buf.grad_acts[i],
+                activation=self.activation if hidden else None, need_grad_x=i > 0,
                 out=(grad_inp, self.grads[2 * i], self.grads[2 * i + 1]),
             )
+            if i > 0 and buf.dropped is not None:
+                # through dropout: the gradient at acts[i-1], the same mask recomputed
+                ks.dropout_backward(grad_inp, p=self.dropout, seed=self.seed, step=step, layer=i, out=grad_inp)
 
     # ------------------------------------------------------------------ one step
 
     def train_step(self, buf: _Buffers, opt: Optimizer):
-        """One step on the batch already gathered into buf.x, buf.y; returns the loss (0-d native)."""
+        """One step on the batch already gathered into buf.x, buf.y; returns the loss (0-d native).
+        Its dropout masks are those of step opt.step_count + 1, as ks.train_steps numbers them."""
         ks = self.ks
-        logits = self.forward(buf.x, buf)
+        step = opt.step_count + 1
+        logits = self.forward(buf.x, buf, step)
         # loss = mean_b -log softmax(logits)[b, y_b]; grad_acts[-1] = (softmax - onehot) / B
         loss, _ = ks.softmax_cross_entropy(logits, buf.y, out=buf.grad_acts[-1])
-        self.backward(buf.x, buf)
+        self.backward(buf.x, buf, step)
         opt.step(self.grads)
         return loss
 

@@ -6,7 +6,11 @@ the hand-built sets. What it shares with them, for a fair comparison: the initia
 (copied into nn.Linear, transposed, since nn.Linear stores (out, in)), the batch order (a
 batch_sampler fed the loop's permutation), the data files (torchvision reads the very files
 nn.data found, through a folder of symlinks in the layout it expects) and the pixel scaling
-(ToTensor's uint8 / 255, which nn.data reproduces bit for bit).
+(ToTensor's uint8 / 255, which nn.data reproduces bit for bit), and dropout's masks: nn.Dropout
+draws its masks from torch's generator, which no other set can follow, so the network's dropout
+layers are ``SeededDropout``, an nn.Dropout whose training-time mask is kernels/_layers.py's
+hash of (seed, step, layer, row, unit), the very masks the kernel sets apply (computed on the
+model's device, in torch).
 """
 
 from __future__ import annotations
@@ -23,21 +27,45 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
+from kernels import _layers
+
 from .data import FILES
 
 NAME = "torch-autograd"
 
 
-class MLP(nn.Module):
-    """Linear, ReLU, ..., Linear: sizes [784, 128, 64, 10] is 784-128-64-10."""
+class SeededDropout(nn.Dropout):
+    """nn.Dropout (inverted: kept units scaled by 1 / (1 - p) in training, identity in eval)
+    with the kernel sets' masks: the mask of hidden layer ``layer`` at training step ``step``
+    (set by the engine before each step, counted from 1) is kernels/_layers.py's hash of
+    (seed, step, layer, row, unit)."""
 
-    def __init__(self, sizes):
+    def __init__(self, p: float, seed: int, layer: int):
+        super().__init__(p)
+        self.seed, self.layer, self.step = seed, layer, 0
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = _layers.keep_torch(_layers.mask_key(self.seed, self.step, self.layer), _layers.threshold(self.p),
+                                  x.shape[0], x.shape[1], x.device)
+        factor = torch.tensor(_layers.scale(self.p), dtype=x.dtype, device=x.device)
+        return torch.where(keep, x * factor, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+class MLP(nn.Module):
+    """Linear, ReLU (or Tanh), [dropout], ..., Linear: sizes [784, 128, 64, 10] is
+    784-128-64-10; with dropout > 0 a SeededDropout after each hidden activation."""
+
+    def __init__(self, sizes, activation="relu", dropout=0.0, seed=0):
         super().__init__()
         layers = [nn.Flatten()]
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers.append(nn.Linear(fan_in, fan_out))
             if i < len(sizes) - 2:
-                layers.append(nn.ReLU())
+                layers.append(nn.Tanh() if activation == "tanh" else nn.ReLU())
+                if dropout > 0:
+                    layers.append(SeededDropout(dropout, seed, layer=i + 1))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x):
@@ -45,6 +73,12 @@ class MLP(nn.Module):
 
     def linears(self):
         return [m for m in self.layers if isinstance(m, nn.Linear)]
+
+    def set_step(self, step: int) -> None:
+        """The training step (from 1) whose dropout masks the next forward pass uses."""
+        for m in self.layers:
+            if isinstance(m, SeededDropout):
+                m.step = step
 
 
 def torchvision_root(files: dict, dataset: str) -> tempfile.TemporaryDirectory:
@@ -69,7 +103,8 @@ class TorchEngine:
     """The reference trainer, with the engine face nn.train drives (see nn.engine)."""
 
     def __init__(self, data, sizes, params, *, train_idx, val_idx=None, optimizer="adam", lr=1e-3,
-                 weight_decay=0.0, momentum=0.9, batch_size=64, device="cpu", threads=None, eval_batch=1000):
+                 weight_decay=0.0, momentum=0.9, batch_size=64, activation="relu", dropout=0.0, seed=0,
+                 device="cpu", threads=None, eval_batch=1000):
         # data: nn.data.Dataset; train_idx / val_idx: which of its training rows train / validate
         if threads:
             torch.set_num_threads(threads)
@@ -83,7 +118,7 @@ class TorchEngine:
         if val_idx is not None and len(val_idx):
             self.eval_sets["val"] = Subset(train_full, val_idx.tolist())
 
-        self.model = MLP(sizes).to(self.device)
+        self.model = MLP(sizes, activation=activation, dropout=dropout, seed=seed).to(self.device)
         with torch.no_grad():
             for layer, w, b in zip(self.model.linears(), params[0::2], params[1::2]):
                 layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
@@ -143,6 +178,7 @@ class TorchEngine:
         """One step on a batch already on the device: xb (B, 1, 28, 28) or (B, 784), yb (B,).
         The loss as a 0-d tensor (benchmarks time this alone, without the DataLoader)."""
         self.opt.zero_grad()
+        self.model.set_step(self.steps + 1)
         loss = F.cross_entropy(self.model(xb), yb)
         loss.backward()
         self.opt.step()

@@ -3,6 +3,7 @@
     python -m nn.train --kernels numpy                  # 784-128-64-10 on Fashion-MNIST, Adam
     python -m nn.train --kernels torch --device cuda
     python -m nn.train --kernels torch-autograd         # the nn.Module / autograd reference
+    python -m nn.train --kernels cython --activation tanh --dropout 0.1
 
 Programmatic use (the benchmarks and nn.compare): ``train(Config(kernels="numba", epochs=3))``
 returns the metrics dict that is also written to metrics.json.
@@ -10,7 +11,10 @@ returns the metrics dict that is also written to metrics.json.
 Fairness: the initial weights, the validation split and every epoch's batch order come from
 one numpy.random.Generator(seed), drawn in that order, in NumPy, before any set sees them; only
 the kernel set differs between two runs with the same options. The generator's state is saved
-in checkpoints, so a resumed run draws the same orders as an uninterrupted one.
+in checkpoints, so a resumed run draws the same orders as an uninterrupted one. Dropout's masks
+are a hash of (--seed, step, layer, row, unit) (kernels/_layers.py): the same in every set and
+in the torch-autograd reference, and a resumed run, whose step count the checkpoint keeps,
+draws the masks an uninterrupted one would.
 
 Timing: an epoch's seconds cover its training steps (gather, forward, backward, update, and
 reading each step's loss), not the evaluation passes after it; samples/s is samples / seconds.
@@ -50,7 +54,8 @@ RESULTS = Path("results")
 
 # Options that define the training itself: a resumed run takes them from its checkpoint.
 TRAINING_FIELDS = ("dataset", "hidden", "batch_size", "optimizer", "lr", "weight_decay", "init",
-                   "seed", "val_split", "limit")
+                   "seed", "val_split", "limit", "activation", "dropout")
+ACTIVATIONS = ("relu", "tanh")
 
 
 @dataclass
@@ -66,6 +71,8 @@ class Config:
     lr: float | None = None                 # None: DEFAULT_LR[optimizer]
     weight_decay: float = 0.0
     init: str = "he"
+    activation: str = "relu"                # of the hidden layers
+    dropout: float = 0.0                    # inverted dropout's rate on the hidden layers
     seed: int = 0
     threads: int | None = None              # None: every core this process may use
     val_split: float = 0.0
@@ -88,6 +95,10 @@ class Config:
             bad("--optimizer", self.optimizer, f"use one of {', '.join(OPTIMIZERS)}")
         if self.init not in ("he", "xavier"):
             bad("--init", self.init, "use he or xavier")
+        if self.activation not in ACTIVATIONS:
+            bad("--activation", self.activation, f"use one of {', '.join(ACTIVATIONS)}")
+        if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):  # NaN fails too
+            bad("--dropout", self.dropout, "the dropout rate must be a fraction in [0, 1) (0: no dropout)")
         if self.lr is None:
             self.lr = DEFAULT_LR[self.optimizer]
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -154,7 +165,8 @@ def make_engine(cfg: Config, ks, data, sizes, params, train_idx, val_idx):
     """The engine that trains with cfg.kernels: a KernelEngine on ``ks``, or (ks None) the
     torch-autograd reference."""
     opts = dict(optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                batch_size=min(cfg.batch_size, len(train_idx)))
+                batch_size=min(cfg.batch_size, len(train_idx)), activation=cfg.activation,
+                dropout=cfg.dropout, seed=cfg.seed)
     if ks is None:
         from .torch_reference import TorchEngine
 
@@ -302,7 +314,7 @@ def train(cfg: Config) -> dict:
         resumed = ckpt.load(cfg.resume)
         saved = resumed["meta"]["config"]
         for name in TRAINING_FIELDS:
-            value = saved[name]
+            value = saved.get(name, getattr(Config, name))   # (checkpoints from before a field)
             setattr(cfg, name, tuple(value) if name == "hidden" else value)
         if cfg.out is None:
             cfg.out = str(Path(cfg.resume).parent)
@@ -358,8 +370,10 @@ def train(cfg: Config) -> dict:
     steps_this_run = 0
     n = len(train_idx)
     n_batches = math.ceil(n / batch)
-    _say(cfg, f"training {'-'.join(map(str, sizes))} on {data.name} ({n} samples) with {cfg.kernels} "
-              f"[{cfg.device}], {cfg.optimizer} lr={cfg.lr:g}, batch {batch}, {cfg.epochs} epochs -> {out}")
+    _say(cfg, f"training {'-'.join(map(str, sizes))} ({cfg.activation}"
+              + (f", dropout {cfg.dropout:g}" if cfg.dropout else "")
+              + f") on {data.name} ({n} samples) with {cfg.kernels} [{cfg.device}], {cfg.optimizer} "
+              f"lr={cfg.lr:g}, batch {batch}, {cfg.epochs} epochs -> {out}")
     # compiling (or loading from Numba's cache) happens here, before the first timed step
     warm = engine.warm_up(progress=None if cfg.quiet else sys.stderr)
     metrics["compile_seconds"] = warm.seconds
@@ -556,7 +570,7 @@ def _hidden(text):
 
 
 def build_parser(prog="nn.train") -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, description="Train a fully connected ReLU network on one kernel set.")
+    p = _Parser(prog=prog, description="Train a fully connected network on one kernel set.")
     d = Config()
     p.add_argument("--kernels", default=None,
                    help=f"kernel set: numpy, numba, numba-naive, cython, cython-naive, torch, or {REFERENCE} "
@@ -573,6 +587,11 @@ def build_parser(prog="nn.train") -> argparse.ArgumentParser:
                    help="learning rate (default: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
     p.add_argument("--weight-decay", type=_number, default=None, help="L2 penalty (default 0)")
     p.add_argument("--init", choices=("he", "xavier"), default=None, help="initial weights (default he)")
+    p.add_argument("--activation", choices=ACTIVATIONS, default=None,
+                   help=f"the hidden layers' activation (default {d.activation})")
+    p.add_argument("--dropout", type=_number, default=None, metavar="P",
+                   help="inverted dropout of rate P in [0, 1) on the hidden layers while training "
+                        "(default 0: none); masks from --seed, the same in every set")
     p.add_argument("--seed", type=_whole_number, default=None, help="weights and batch order (default 0)")
     p.add_argument("--threads", type=_whole_number, default=None, help="cores to use (default: all)")
     p.add_argument("--val-split", type=_number, default=None, help="fraction of training data held out (default 0)")

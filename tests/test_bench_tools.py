@@ -106,14 +106,15 @@ def test_paired_measures_every_target_and_the_report_judges_it(tmp_path):
 
     result = measure(sets=["cython"], threads=1, quick=True, log=lambda *a, **k: None, settle=0.0)
     keys = {row["key"] for row in result["rows"]}
-    assert keys == {"matmul-2048", "shapes", "relu", "relu_backward", "epilogue", "softmax_cross_entropy-128x10",
-                    "softmax_cross_entropy-512x100", "epoch-b128", "epoch-b1", "perop-b128"}
+    assert keys == {"matmul-2048", "shapes", "relu", "relu_backward", "epilogue", "epilogue-tanh", "tanh",
+                    "softmax_cross_entropy-128x10", "softmax_cross_entropy-512x100", "epoch-b128", "epoch-b1",
+                    "perop-b128"}
     assert result["isa"]["cython"] == kernels.get("cython").isa   # the path it ran, on record
     for row in result["rows"]:
         assert row["set"] == "cython" and len(row["values"]) == row["rounds"] == 3
         assert row["a_s"] > 0 and row["b_s"] > 0 and 0 < row["value"] < float("inf")
     folded = summary(result)
-    for key in ("epilogue", "shapes"):   # several shapes, one geometric mean
+    for key in ("epilogue", "epilogue-tanh", "shapes"):   # several shapes, one geometric mean
         assert (key, "cython") in folded and len([k for k in folded if k[0] == key]) == 1
 
     # the report judges a target on the alternating-turn figure and quotes the suite's beside it

@@ -57,6 +57,12 @@ def small(data_dir):
     (["--kernels", "torch", "--device", "cuda:99"], ["cuda"]),
     (["--kernels", "torch-autograd", "--device", "cuda:99"], ["cuda"]),
     (["--bogus"], ["unrecognized arguments: --bogus"]),
+    (["--dropout", "-0.1"], ["--dropout -0.1", "[0, 1)"]),
+    (["--dropout", "1"], ["--dropout 1", "[0, 1)"]),
+    (["--dropout", "1.5"], ["--dropout 1.5", "[0, 1)"]),
+    (["--dropout", "nan"], ["--dropout nan", "[0, 1)"]),
+    (["--dropout", "half"], ["--dropout", "'half' is not a number"]),
+    (["--activation", "sigmoid"], ["--activation", "sigmoid", "relu", "tanh"]),
 ])
 def test_bad_option(args, words, small_mnist, tmp_path):
     assert_one_line_error(run([*small(small_mnist), *args], tmp_path), *words, status=2)

@@ -185,6 +185,63 @@ def test_resume_reaches_the_same_weights(name, optimizer, stop, small_mnist, tmp
     assert resumed["epochs"][-1]["train_loss"] == pytest.approx(full["epochs"][-1]["train_loss"], rel=1e-6)
 
 
+def test_tanh_and_dropout_same_masks_on_every_set_and_resume(small_mnist, tmp_path):
+    """--activation tanh --dropout: every set and the torch-autograd reference train on the same
+    masks (different masks would leave them far apart), the options are in metrics.json and the
+    checkpoint, and a run stopped mid-epoch resumes to the uninterrupted run's weights."""
+    names = [n for n in SETS if n == REFERENCE or kernels.available()[n] is None]
+    opts = dict(limit=256, epochs=1, batch_size=32, eval_train=False, optimizer="sgd", lr=0.05,
+                activation="tanh", dropout=0.3)
+    for name in names:
+        m = train(config(small_mnist, tmp_path / name, kernels=name, **opts))
+        assert m["config"]["activation"] == "tanh" and m["config"]["dropout"] == 0.3
+    ref = weights(tmp_path / "numpy")
+    for name in names:
+        got = weights(tmp_path / name)
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], atol=2e-4, err_msg=f"{name} {k}")
+    other = train(config(small_mnist, tmp_path / "other-masks", seed=0, **dict(opts, dropout=0.31)))
+    assert other["status"] == "finished"
+    assert not np.allclose(weights(tmp_path / "other-masks")["w2"], ref["w2"], atol=1e-3)
+    # resume, mid-epoch, on the per-op set and on the reference
+    for name in ("numpy", REFERENCE):
+        opts2 = dict(activation="tanh", dropout=0.2, optimizer="adam")
+        train(config(small_mnist, tmp_path / f"full-{name}", kernels=name, **opts2))
+        part = tmp_path / f"part-{name}"
+        first = train(config(small_mnist, part, kernels=name, interrupt_after_steps=21, **opts2))
+        assert first["status"] == "interrupted"
+        meta = ckpt.load(part / "checkpoint.npz")["meta"]["config"]
+        assert meta["activation"] == "tanh" and meta["dropout"] == 0.2
+        train(Config(kernels=name, epochs=2, threads=1, quiet=True, resume=str(part / "checkpoint.npz"),
+                     data_dir=str(small_mnist), download=False))
+        wf, wr = weights(tmp_path / f"full-{name}"), weights(part)
+        for k in wf:
+            assert np.array_equal(wf[k], wr[k]), f"{name}: {k} differs after resuming"
+
+
+def test_per_op_step_and_train_steps_use_the_same_masks():
+    """KernelEngine.step (nn.model.MLP's op-by-op step) and ks.train_steps number the dropout
+    masks alike: two steps either way give the same weights."""
+    ks = kernels.get("numpy", threads=1)
+    sizes = [20, 16, 8, 4]
+    rng = np.random.default_rng(3)
+    x, y = rng.random((64, 20)).astype(np.float32), rng.integers(0, 4, 64)
+    results = []
+    for fused in (False, True):
+        from nn.model import init_params
+        engine = KernelEngine(ks, sizes, init_params(sizes, "xavier", np.random.default_rng(0)), batch_size=32,
+                              activation="tanh", dropout=0.5, seed=9, train=(x, y))
+        order = np.arange(64)
+        if fused:
+            list(engine.epoch(order))
+        else:
+            for s in (0, 32):
+                engine.step(engine.batches.order(order[s:s + 32]))
+        results.append(engine.state()[0])
+    for k in results[0]:
+        np.testing.assert_allclose(results[0][k], results[1][k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
 # ---------------------------------------------------------------------------- divergence
 
 

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+import kernels
 from conftest import DTYPES, tolerance
+from kernels import _layers
+from kernels._steps import Hidden, Optimizer, n_steps, per_op
 
 OPTIMIZERS = {
     "sgd": dict(optimizer="sgd", lr=0.05),
@@ -29,8 +32,10 @@ def make_problem(sizes, samples, seed):
     return params, x, y
 
 
-def torch_reference(params, x, y, order, batch, hyper):
-    """(losses, params) after training float64 copies with autograd and torch.optim."""
+def torch_reference(params, x, y, order, batch, hyper, activation="relu", dropout=0.0, seed=0):
+    """(losses, params) after training float64 copies with autograd and torch.optim; hidden
+    layers ``activation``, and dropout of rate ``dropout`` with kernels/_layers.py's masks
+    (for step t counted from 1, hidden layer i counted from 1)."""
     ps = [torch.tensor(p, dtype=torch.float64, requires_grad=True) for p in params]
     kind = hyper["optimizer"]
     if kind == "sgd":
@@ -41,13 +46,16 @@ def torch_reference(params, x, y, order, batch, hyper):
                                eps=hyper.get("eps", 1e-8), weight_decay=hyper.get("weight_decay", 0.0))
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     losses = []
-    for start in range(0, len(order), batch):
+    for t, start in enumerate(range(0, len(order), batch), start=1):
         rows = torch.from_numpy(order[start:start + batch])
         h = xt[rows]
         for i in range(len(ps) // 2):
             h = h @ ps[2 * i] + ps[2 * i + 1]
             if i < len(ps) // 2 - 1:
-                h = torch.relu(h)
+                h = torch.tanh(h) if activation == "tanh" else torch.relu(h)
+                if dropout:
+                    keep = _layers.hash_numpy(_layers.mask_key(seed, t, i + 1), *h.shape) >= _layers.threshold(dropout)
+                    h = h * torch.from_numpy(np.where(keep, _layers.scale(dropout), 0.0))
         loss = torch.nn.functional.cross_entropy(h, yt[rows])
         opt.zero_grad()
         loss.backward()
@@ -56,10 +64,10 @@ def torch_reference(params, x, y, order, batch, hyper):
     return np.array(losses), [p.detach().numpy() for p in ps]
 
 
-def run_set(ks, params, x, y, order, batch, hyper, dtype):
+def run_set(ks, params, x, y, order, batch, hyper, dtype, **hidden):
     """(losses, params) after ks.train_steps on copies in ``dtype``."""
     native = [ks.asarray(np.ascontiguousarray(p, dtype)) for p in params]
-    kwargs = dict(hyper)
+    kwargs = dict(hyper, **hidden)
     zeros = lambda: [ks.asarray(np.zeros(p.shape, dtype)) for p in params]  # noqa: E731
     if hyper["optimizer"] == "adam":
         kwargs.update(m=zeros(), v=zeros())
@@ -144,3 +152,60 @@ def test_labels_of_any_integer_dtype_and_strided_x(ks):
     losses = ks.train_steps(p, ks.asarray(wide)[:, ::2], ks.asarray(y.astype(np.int8)), ks.asarray(order),
                             batch=5, **OPTIMIZERS["sgd"])
     check(ks.to_numpy(losses), [ks.to_numpy(a) for a in p], want_losses, want_params, np.float64, ks.name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation, dropout", [("tanh", 0.0), ("relu", 0.3), ("tanh", 0.1)])
+@pytest.mark.parametrize("sizes, batch", [([20, 16, 8, 5], 16), ([33, 17, 10], 1), ([130, 65, 10], 50)])
+def test_tanh_and_dropout_train_as_torch_does(ks, dtype, activation, dropout, sizes, batch):
+    """tanh hidden layers and dropout, against autograd on the same masks (step t from 1)."""
+    params, x, y = make_problem(sizes, 50, seed=len(sizes) * 10 + batch)
+    order = np.random.default_rng(batch).permutation(50)[: 50 if batch > 1 else 12]
+    hyper = OPTIMIZERS["adam"]
+    hidden = dict(activation=activation, dropout=dropout, seed=2**33 + 7)
+    want_losses, want_params = torch_reference(params, x, y, order, batch, hyper, **hidden)
+    got_losses, got_params = run_set(ks, params, x, y, order, batch, hyper, dtype, **hidden)
+    check(got_losses, got_params, want_losses, want_params, dtype, f"{ks.name} {activation} p={dropout} b{batch}")
+
+
+FUSED = [name for name in kernels.names() if hasattr(kernels.backend_module(name) if kernels.available()[name] is None
+                                                     else None, "train_steps")]
+
+
+@pytest.mark.parametrize("name", FUSED)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation, dropout", [("relu", 0.0), ("tanh", 0.0), ("relu", 0.2), ("tanh", 0.2)])
+@pytest.mark.parametrize("sizes, batch", [([784, 128, 64, 10], 32), ([40, 24, 12, 3], 7), ([33, 17, 10], 1)])
+def test_fused_train_steps_is_the_per_op_step(name, dtype, activation, dropout, sizes, batch):
+    """A set's fused train_steps against kernels/_steps.py's per_op on the same set's kernels:
+    the fused loop must be the per-op step (dropout included, its masks from the same seed
+    and step numbers), to rounding; over two calls, with Adam's step carried."""
+    ks = kernels.get(name)
+    backend = kernels.backend_module(name)
+    params, x, y = make_problem(sizes, 100, seed=batch)
+    x[x < 0.3] = 0.0            # zeros, as in images, for the sets that skip them
+    order = np.random.default_rng(batch).permutation(100)[: 100 if batch > 1 else 20]
+    hidden = dict(activation=activation, dropout=dropout, seed=11)
+    results = []
+    for fused in (True, False):
+        p = [np.array(a, dtype) for a in params]        # copies: both runs start alike
+        m, v = [np.zeros_like(a) for a in p], [np.zeros_like(a) for a in p]
+        xs, losses, step = x.astype(dtype), [], 0
+        for part in np.array_split(order, 2):
+            if fused:
+                got = ks.train_steps(p, xs, y, part, batch=batch, optimizer="adam", lr=1e-2, m=m, v=v, step=step,
+                                     **hidden)
+            else:
+                got = np.empty(n_steps(len(part), batch), dtype)
+                opt = Optimizer(kind="adam", lr=1e-2, step=step, state=(m, v))
+                h = Hidden(act=_layers.ACTIVATIONS[activation], p=dropout, seed=11,
+                           threshold=_layers.threshold(dropout), scale=_layers.scale(dropout))
+                per_op(backend, ks._arrays, p, xs, y, part, batch, got, opt, h)
+            losses.append(np.array(got))
+            step += len(got)
+        results.append((np.concatenate(losses), p))
+    (fused_losses, fused_params), (op_losses, op_params) = results
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(fused_losses, op_losses, rtol=tol, atol=tol, err_msg="losses")
+    for i, (a, b) in enumerate(zip(fused_params, op_params)):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=f"param {i}")

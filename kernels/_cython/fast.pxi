@@ -55,7 +55,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyOb
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cython.parallel cimport prange, threadid
 from libc.math cimport exp, log, sqrt, sqrtf
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
@@ -159,6 +159,16 @@ cdef extern from "sweep.h" nogil:
     void sweep_f64_backward(const double *w, const double *g, double *out, long n_in,
                             long n_out)
 
+cdef extern from "microkernel.h" nogil:  # (with vtanh.h: tanh a vector at a time)
+    enum:
+        ACT_NONE
+        ACT_RELU
+        ACT_TANH
+    float tanh_scalar_f32(float x)
+    double tanh_scalar_f64(double x)
+    void tanh_f32(const float *x, float *out, long n)
+    void tanh_f64(const double *x, double *out, long n)
+
 cdef extern from "vecmath.h" nogil:
     enum:
         SOFTMAX_BLOCK_ROWS
@@ -252,20 +262,20 @@ cdef inline Py_ssize_t lines(Py_ssize_t n, size_t itemsize) noexcept nogil:
 
 
 cdef inline void ukr_packed(long kc, const floating *a, const floating *b, floating *c, long ldc,
-                            bint accumulate, const floating *bias, bint relu) noexcept nogil:
+                            bint accumulate, const floating *bias, int act) noexcept nogil:
     if floating is float:
-        ukr_float_packed(kc, a, b, c, ldc, accumulate, bias, relu)
+        ukr_float_packed(kc, a, b, c, ldc, accumulate, bias, act)
     else:
-        ukr_double_packed(kc, a, b, c, ldc, accumulate, bias, relu)
+        ukr_double_packed(kc, a, b, c, ldc, accumulate, bias, act)
 
 
 cdef inline void ukr_direct(long kc, const floating *a, long rsa, long csa, const floating *b,
                             long rsb, floating *c, long ldc, bint accumulate,
-                            const floating *bias, bint relu) noexcept nogil:
+                            const floating *bias, int act) noexcept nogil:
     if floating is float:
-        ukr_float_direct(kc, a, rsa, csa, b, rsb, c, ldc, accumulate, bias, relu)
+        ukr_float_direct(kc, a, rsa, csa, b, rsb, c, ldc, accumulate, bias, act)
     else:
-        ukr_double_direct(kc, a, rsa, csa, b, rsb, c, ldc, accumulate, bias, relu)
+        ukr_double_direct(kc, a, rsa, csa, b, rsb, c, ldc, accumulate, bias, act)
 
 
 cdef inline void ukr_narrow(long kc, const floating *a, long rsa, long csa, const floating *b,
@@ -279,22 +289,22 @@ cdef inline void ukr_narrow(long kc, const floating *a, long rsa, long csa, cons
 
 cdef inline void ukr_rows(int rows, long kc, const floating *a, long rsa, long csa,
                           const floating *b, long rsb, floating *c, long ldc,
-                          const floating *bias, bint relu) noexcept nogil:
+                          const floating *bias, int act) noexcept nogil:
     """The 4-, 2- or 1-row x NR kernel, for the rows left under MR (A read in place)."""
     if floating is float:
         if rows == 4:
-            ukr_float_r4_direct(kc, a, rsa, csa, b, rsb, c, ldc, False, bias, relu)
+            ukr_float_r4_direct(kc, a, rsa, csa, b, rsb, c, ldc, False, bias, act)
         elif rows == 2:
-            ukr_float_r2_direct(kc, a, rsa, csa, b, rsb, c, ldc, False, bias, relu)
+            ukr_float_r2_direct(kc, a, rsa, csa, b, rsb, c, ldc, False, bias, act)
         else:
-            ukr_float_r1_direct(kc, a, rsa, csa, b, rsb, c, ldc, False, bias, relu)
+            ukr_float_r1_direct(kc, a, rsa, csa, b, rsb, c, ldc, False, bias, act)
     else:
         if rows == 4:
-            ukr_double_r4_direct(kc, a, rsa, csa, b, rsb, c, ldc, False, bias, relu)
+            ukr_double_r4_direct(kc, a, rsa, csa, b, rsb, c, ldc, False, bias, act)
         elif rows == 2:
-            ukr_double_r2_direct(kc, a, rsa, csa, b, rsb, c, ldc, False, bias, relu)
+            ukr_double_r2_direct(kc, a, rsa, csa, b, rsb, c, ldc, False, bias, act)
         else:
-            ukr_double_r1_direct(kc, a, rsa, csa, b, rsb, c, ldc, False, bias, relu)
+            ukr_double_r1_direct(kc, a, rsa, csa, b, rsb, c, ldc, False, bias, act)
 
 
 cdef inline void transpose(const floating *src, Py_ssize_t lds, floating *dst,
@@ -346,7 +356,7 @@ cdef void pack(const floating *x, Py_ssize_t ldx, bint trans, Py_ssize_t r0, Py_
 
 cdef inline void store_edge(const floating *tile, Py_ssize_t ldt, floating *c, Py_ssize_t ldc,
                             Py_ssize_t mr, Py_ssize_t nr, bint accumulate, const floating *bias,
-                            bint relu) noexcept nogil:
+                            int act) noexcept nogil:
     """The masked path's second half: the valid mr x nr corner of a full tile into C."""
     cdef Py_ssize_t i, j
     cdef floating v
@@ -357,14 +367,16 @@ cdef inline void store_edge(const floating *tile, Py_ssize_t ldt, floating *c, P
                 v = v + c[i * ldc + j]
             if bias != NULL:
                 v = v + bias[j]
-            if relu and not v > 0:
+            if act == ACT_RELU and not v > 0:
                 v = 0
+            elif act == ACT_TANH:
+                v = tanh_scalar(v)
             c[i * ldc + j] = v
 
 
 cdef void macro_kernel(const floating *ap, const floating *bp, floating *c, Py_ssize_t ldc,
                        Py_ssize_t mc, Py_ssize_t nc, Py_ssize_t kc, bint accumulate,
-                       const floating *bias, bint relu) noexcept nogil:
+                       const floating *bias, int act) noexcept nogil:
     """LOOPS 2 and 1 over packed micro-panels: C[0:mc, 0:nc] (+)= Ap (mc x kc) @ Bp (kc x nc)."""
     cdef Py_ssize_t MR, NR, jr, jr_i, ir, ir_i, mr, nr
     cdef floating tile[TILE_MAX]
@@ -382,11 +394,11 @@ cdef void macro_kernel(const floating *ap, const floating *bp, floating *c, Py_s
             mr = MR if mc - ir >= MR else mc - ir
             if mr == MR and nr == NR:                   # full tile: straight into C
                 ukr_packed(kc, ap + ir * kc, bp + jr * kc, c + ir * ldc + jr, ldc, accumulate,
-                           bias + jr if bias != NULL else NULL, relu)
+                           bias + jr if bias != NULL else NULL, act)
             else:                                       # edge: the one masked path
                 ukr_packed(kc, ap + ir * kc, bp + jr * kc, tile, NR, False, NULL, False)
                 store_edge(tile, NR, c + ir * ldc + jr, ldc, mr, nr, accumulate,
-                           bias + jr if bias != NULL else NULL, relu)
+                           bias + jr if bias != NULL else NULL, act)
 
 
 cdef Py_ssize_t packed_blocks(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int nthreads,
@@ -422,7 +434,7 @@ cdef Py_ssize_t packed_blocks(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int nthr
 cdef void gemm_packed(const floating *a, Py_ssize_t lda, bint trans_a,
                       const floating *b, Py_ssize_t ldb, bint trans_b,
                       floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                      const floating *bias, bint relu, floating *ws, int nthreads) noexcept nogil:
+                      const floating *bias, int act, floating *ws, int nthreads) noexcept nogil:
     """BLIS: the five loops around the micro-kernel, threads over LOOP 3 (blocks of rows).
 
     ws: gemm_scratch(m, n, k, trans_b, nthreads) elements."""
@@ -469,13 +481,13 @@ cdef void gemm_packed(const floating *a, Py_ssize_t lda, bint trans_a,
                 ap = ap_all + tid * a_size
                 pack(a, lda, trans_a, ic, mc, pc, kc, MR, ap)
                 macro_kernel(ap, bp, c + ic * ldc + jc, ldc, mc, nc, kc, not first,
-                             bias + jc if (last and bias != NULL) else NULL, last and relu)
+                             bias + jc if (last and bias != NULL) else NULL, act if last else ACT_NONE)
 
 
 cdef void direct_tiles(const floating *a, Py_ssize_t lda, bint trans_a,
                        const floating *b, Py_ssize_t rsb, Py_ssize_t bstep,
                        const floating *b_edge, Py_ssize_t nre, floating *c, Py_ssize_t ldc,
-                       Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating *bias, bint relu,
+                       Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating *bias, int act,
                        Py_ssize_t t0, Py_ssize_t t1) noexcept nogil:
     """Tiles t0:t1 (row strip major) of the small-size path: A and B read in place.
 
@@ -516,13 +528,13 @@ cdef void direct_tiles(const floating *a, Py_ssize_t lda, bint trans_a,
             bt, rsb_t = b_edge, nre
         if mr == MR:
             if nr == NR:                                # full tile: straight into C
-                ukr_direct(k, at, rsa, csa, bt, rsb_t, ct, ldc, False, bias_t, relu)
+                ukr_direct(k, at, rsa, csa, bt, rsb_t, ct, ldc, False, bias_t, act)
             else:                                       # column edge: the masked path
                 if nre < NR:
                     ukr_narrow(k, at, rsa, csa, bt, rsb_t, tile, nre)
                 else:
                     ukr_direct(k, at, rsa, csa, bt, rsb_t, tile, NR, False, NULL, False)
-                store_edge(tile, nre if nre < NR else NR, ct, ldc, mr, nr, False, bias_t, relu)
+                store_edge(tile, nre if nre < NR else NR, ct, ldc, mr, nr, False, bias_t, act)
         else:                                           # last rows: mr = 4a + 2b + c
             r0 = 0
             rows = 4
@@ -530,10 +542,10 @@ cdef void direct_tiles(const floating *a, Py_ssize_t lda, bint trans_a,
                 if mr & rows:
                     if nr == NR:
                         ukr_rows(rows, k, at + r0 * rsa, rsa, csa, bt, rsb_t, ct + r0 * ldc, ldc,
-                                 bias_t, relu)
+                                 bias_t, act)
                     else:                               # (b_edge is padded for this NR-wide read)
                         ukr_rows(rows, k, at + r0 * rsa, rsa, csa, bt, rsb_t, tile, NR, NULL, False)
-                        store_edge(tile, NR, ct + r0 * ldc, ldc, rows, nr, False, bias_t, relu)
+                        store_edge(tile, NR, ct + r0 * ldc, ldc, rows, nr, False, bias_t, act)
                     r0 += rows
                 rows = rows // 2
 
@@ -555,7 +567,7 @@ cdef inline Py_ssize_t direct_edge(Py_ssize_t n, Py_ssize_t k, size_t itemsize) 
 cdef void gemm_direct(const floating *a, Py_ssize_t lda, bint trans_a,
                       const floating *b, Py_ssize_t ldb, bint trans_b,
                       floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                      const floating *bias, bint relu, floating *ws, int nthreads) noexcept nogil:
+                      const floating *bias, int act, floating *ws, int nthreads) noexcept nogil:
     """The small-size path: no blocking, no packing of A; the micro-kernels over whole k.
 
     op(B) is read in place when it is row-major (trans_b False); a transposed B is packed once
@@ -589,7 +601,7 @@ cdef void gemm_direct(const floating *a, Py_ssize_t lda, bint trans_a,
                            n_tiles if n_tiles < nthreads else nthreads)
     if nthreads == 1:
         direct_tiles(a, lda, trans_a, bsrc, rsb, bstep, b_edge, nre, c, ldc, m, n, k, bias,
-                     relu, 0, n_tiles)
+                     act, 0, n_tiles)
     else:
         # Runs of consecutive tiles (sharing A strips), BLOCKS_PER_THREAD per thread, dynamic.
         n_parts = nthreads * BLOCKS_PER_THREAD if nthreads * BLOCKS_PER_THREAD < n_tiles else n_tiles
@@ -597,7 +609,7 @@ cdef void gemm_direct(const floating *a, Py_ssize_t lda, bint trans_a,
         n_parts = (n_tiles + per - 1) // per
         for part in prange(n_parts, num_threads=nthreads, schedule="dynamic"):
             direct_tiles(a, lda, trans_a, bsrc, rsb, bstep, b_edge, nre, c, ldc, m, n, k,
-                         bias, relu, part * per, min((part + 1) * per, n_tiles))
+                         bias, act, part * per, min((part + 1) * per, n_tiles))
 
 
 cdef inline bint is_small(Py_ssize_t n, Py_ssize_t k, size_t itemsize) noexcept nogil:
@@ -613,7 +625,7 @@ cdef inline bint is_narrow(Py_ssize_t n, size_t itemsize) noexcept nogil:
 cdef void gemm_small(const floating *a, Py_ssize_t lda, bint trans_a,
                      const floating *b, Py_ssize_t ldb, bint trans_b,
                      floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                     const floating *bias, bint relu, floating *ws, int nthreads) noexcept nogil:
+                     const floating *bias, int act, floating *ws, int nthreads) noexcept nogil:
     """The small-size path (gemm_direct), on C or on its transpose.
 
     A narrow C (is_narrow) fills the half-width tiles' vectors only in part: 10 columns use
@@ -627,14 +639,14 @@ cdef void gemm_small(const floating *a, Py_ssize_t lda, bint trans_a,
     2.6 us at 128 rows). No epilogue on this route (no caller has one with op(A) transposed).
     ws: gemm_scratch's."""
     cdef Py_ssize_t i, j
-    if trans_a and is_narrow(n, sizeof(floating)) and bias == NULL and not relu:
+    if trans_a and is_narrow(n, sizeof(floating)) and bias == NULL and act == ACT_NONE:
         gemm_direct(b, ldb, not trans_b, a, lda, False, ws, m, n, m, k, NULL, False,
                     ws + lines(m * n, sizeof(floating)), nthreads)
         for i in range(m):
             for j in range(n):
                 c[i * ldc + j] = ws[j * m + i]
         return
-    gemm_direct(a, lda, trans_a, b, ldb, trans_b, c, ldc, m, n, k, bias, relu, ws, nthreads)
+    gemm_direct(a, lda, trans_a, b, ldb, trans_b, c, ldc, m, n, k, bias, act, ws, nthreads)
 
 
 cdef Py_ssize_t gemm_scratch(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, bint trans_b,
@@ -653,14 +665,14 @@ cdef Py_ssize_t gemm_scratch(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, bint tran
 cdef void gemm(const floating *a, Py_ssize_t lda, bint trans_a,
                const floating *b, Py_ssize_t ldb, bint trans_b,
                floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-               const floating *bias, bint relu, floating *ws, int nthreads) noexcept nogil:
+               const floating *bias, int act, floating *ws, int nthreads) noexcept nogil:
     """The matmul every op uses: the small-size path while op(B) fits in half of L2, else BLIS.
 
     At most nthreads threads; ws: gemm_scratch(m, n, k, trans_b, nthreads) elements."""
     if is_small(n, k, sizeof(floating)):
-        gemm_small(a, lda, trans_a, b, ldb, trans_b, c, ldc, m, n, k, bias, relu, ws, nthreads)
+        gemm_small(a, lda, trans_a, b, ldb, trans_b, c, ldc, m, n, k, bias, act, ws, nthreads)
     else:
-        gemm_packed(a, lda, trans_a, b, ldb, trans_b, c, ldc, m, n, k, bias, relu, ws,
+        gemm_packed(a, lda, trans_a, b, ldb, trans_b, c, ldc, m, n, k, bias, act, ws,
                     threads_for(2.0 * m * n * k, PAR_MIN_FLOPS, nthreads))
 
 
@@ -817,6 +829,136 @@ def relu_backward(grad_y, y, out):
         _relu_backward[double](grad_y.reshape(-1), y.reshape(-1), out.reshape(-1))
 
 
+# ====================================================================================== tanh
+
+cdef inline floating tanh_scalar(floating x) noexcept nogil:
+    """vtanh.h's tanh of one element: the bits a whole vector of them gets."""
+    if floating is float:
+        return tanh_scalar_f32(x)
+    else:
+        return tanh_scalar_f64(x)
+
+
+cdef inline void tanh_range(const floating *x, floating *out, Py_ssize_t i0,
+                            Py_ssize_t i1) noexcept nogil:
+    if floating is float:
+        tanh_f32(x + i0, out + i0, i1 - i0)
+    else:
+        tanh_f64(x + i0, out + i0, i1 - i0)
+
+
+cdef void _tanh(const floating[::1] x, floating[::1] out) noexcept:
+    # x and out are (size,), possibly the same array: out = tanh(x), vtanh.h's vectors. About
+    # 35 vector operations a vector where relu has one: threads pay from half of relu's size
+    # (32 Ki elements, 15 to 40 us of one core's work; at 16 Ki, float64's 21 us, waking a
+    # second thread on this shared 2-core machine cost more than it saved). Each thread's
+    # part is a whole number of 64-byte vectors.
+    cdef Py_ssize_t size = x.shape[0], per, part
+    cdef int nt = threads_for(size, PAR_MIN_ELEMS // 2, size)
+    with nogil:
+        if nt == 1:
+            tanh_range(&x[0], &out[0], 0, size)
+        else:
+            per = (size + nt - 1) // nt
+            per = (per + 15) // 16 * 16
+            for part in prange(nt, num_threads=nt, schedule="static"):
+                tanh_range(&x[0], &out[0], min(part * per, size), min((part + 1) * per, size))
+
+
+def tanh(x, out):
+    if x.itemsize == 4:
+        _tanh[float](x.reshape(-1), out.reshape(-1))
+    else:
+        _tanh[double](x.reshape(-1), out.reshape(-1))
+
+
+cdef inline void tanh_backward_range(const floating *grad_y, const floating *y, floating *out,
+                                     Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(i0, i1):
+        out[i] = grad_y[i] * (1 - y[i] * y[i])
+
+
+cdef void _tanh_backward(const floating[::1] grad_y, const floating[::1] y,
+                         floating[::1] out) noexcept:
+    # grad_y, y, out are (size,); out may be grad_y or y: out = grad_y * (1 - y^2)
+    cdef Py_ssize_t size = y.shape[0], per, part
+    cdef int nt = threads_for(size, PAR_MIN_ELEMS, size)
+    with nogil:
+        if nt == 1:
+            tanh_backward_range(&grad_y[0], &y[0], &out[0], 0, size)
+        else:
+            per = (size + nt - 1) // nt
+            for part in prange(nt, num_threads=nt, schedule="static"):
+                tanh_backward_range(&grad_y[0], &y[0], &out[0], part * per,
+                                    min((part + 1) * per, size))
+
+
+def tanh_backward(grad_y, y, out):
+    if y.itemsize == 4:
+        _tanh_backward[float](grad_y.reshape(-1), y.reshape(-1), out.reshape(-1))
+    else:
+        _tanh_backward[double](grad_y.reshape(-1), y.reshape(-1), out.reshape(-1))
+
+
+# ====================================================================================== dropout
+
+cdef inline uint32_t fmix32(uint32_t h) noexcept nogil:
+    """MurmurHash3's finaliser (kernels/_layers.py's mask, bit for bit)."""
+    h ^= h >> 16
+    h *= <uint32_t>0x85EBCA6B
+    h ^= h >> 13
+    h *= <uint32_t>0xC2B2AE35
+    h ^= h >> 16
+    return h
+
+
+cdef inline uint32_t mask_key(uint64_t seed, uint64_t step, uint32_t layer) noexcept nogil:
+    """kernels._layers.mask_key: the key of one step's mask on one hidden layer."""
+    cdef uint32_t h = fmix32(<uint32_t>seed)
+    h = fmix32(h ^ <uint32_t>(seed >> 32))
+    h = fmix32(h ^ <uint32_t>step)
+    h = fmix32(h ^ <uint32_t>(step >> 32))
+    return fmix32(h ^ layer)
+
+
+cdef inline void dropout_range(const floating *x, floating *out, uint32_t key,
+                               uint32_t threshold, floating scale, Py_ssize_t i0,
+                               Py_ssize_t i1) noexcept nogil:
+    """Elements i0:i1 of a flattened (rows, units) array: element e is kept (and scaled) when
+    fmix32(key + e * golden) >= threshold, else 0 (uint32 arithmetic, which vectorises)."""
+    cdef Py_ssize_t e
+    for e in range(i0, i1):
+        out[e] = x[e] * scale if fmix32(key + <uint32_t>e * <uint32_t>0x9E3779B9) >= threshold else 0
+
+
+cdef void dropout_op(const floating *x, floating *out, Py_ssize_t size, uint32_t key,
+                     uint32_t threshold, double scale) noexcept nogil:
+    """The op on raw pointers (out may be x), in equal chunks per thread when large enough."""
+    cdef Py_ssize_t per, part
+    cdef int nt = threads_for(size, PAR_MIN_ELEMS, size)
+    if nt == 1:
+        dropout_range(x, out, key, threshold, <floating>scale, 0, size)
+    else:
+        per = (size + nt - 1) // nt
+        for part in prange(nt, num_threads=nt, schedule="static"):
+            dropout_range(x, out, key, threshold, <floating>scale, part * per,
+                          min((part + 1) * per, size))
+
+
+cdef void _dropout(const floating[::1] x, floating[::1] out, uint32_t key, uint32_t threshold,
+                   double scale) noexcept:
+    with nogil:
+        dropout_op(&x[0], &out[0], x.shape[0], key, threshold, scale)
+
+
+def dropout(x, out, uint32_t key, uint32_t threshold, double scale):
+    if x.itemsize == 4:
+        _dropout[float](x.reshape(-1), out.reshape(-1), key, threshold, scale)
+    else:
+        _dropout[double](x.reshape(-1), out.reshape(-1), key, threshold, scale)
+
+
 # ====================================================================================== softmax-CE
 
 cdef inline double softmax_cross_entropy_row(const floating *z, Py_ssize_t label, floating *g,
@@ -949,8 +1091,8 @@ def softmax_cross_entropy(logits, labels, grad):
 # ====================================================================================== linear
 
 cdef void _linear(const floating[:, ::1] x, const floating[:, ::1] w, const floating[::1] b,
-                  floating[:, ::1] out, bint relu):
-    # x (B, in), w (in, out), b (out,), out (B, out): out = x @ w + b, ReLU'd when relu; the
+                  floating[:, ::1] out, int act):
+    # x (B, in), w (in, out), b (out,), out (B, out): out = x @ w + b, activated by act; the
     # bias and the ReLU run in the micro-kernel's epilogue, on the tile still in registers.
     cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], n_out = w.shape[1]
     cdef int nt = _threads
@@ -958,24 +1100,25 @@ cdef void _linear(const floating[:, ::1] x, const floating[:, ::1] w, const floa
         gemm_scratch(batch, n_out, n_in, False, nt, sizeof(floating)) * sizeof(floating))
     with nogil:
         gemm(&x[0, 0], n_in, False, &w[0, 0], n_out, False, &out[0, 0], n_out,
-             batch, n_out, n_in, &b[0], relu, <floating *>ws.data, nt)
+             batch, n_out, n_in, &b[0], act, <floating *>ws.data, nt)
     scratch_give(ws)
 
 
-def linear(x, w, b, out, bint relu):
+def linear(x, w, b, out, int act):
     if x.itemsize == 4:
-        _linear[float](x, w, b, out, relu)
+        _linear[float](x, w, b, out, act)
     else:
-        _linear[double](x, w, b, out, relu)
+        _linear[double](x, w, b, out, act)
 
 
 cdef void mask_and_bias_grad(const floating *y, const floating *grad_y, floating *g,
                              floating *grad_b, Py_ssize_t batch, Py_ssize_t n_out,
-                             bint relu) noexcept nogil:
-    """One pass over grad_y: g = grad_y * (y > 0) when relu, and grad_b = sum over rows of g.
+                             int act) noexcept nogil:
+    """One pass over grad_y: g = grad_y * act'(y) (ReLU: grad_y * (y > 0); tanh:
+    grad_y * (1 - y^2)) unless act is ACT_NONE, and grad_b = sum over rows of g.
 
-    Backward of out = relu(x @ w + b): the ReLU's mask first, then db = sum_rows g. The column
-    sums accumulate row by row into grad_b (contiguous, so the loop vectorises)."""
+    Backward of out = act(x @ w + b): the activation's derivative first, then db = sum_rows g.
+    The column sums accumulate row by row into grad_b (contiguous, so the loop vectorises)."""
     cdef Py_ssize_t i, j
     cdef const floating *gy
     cdef const floating *yr
@@ -983,11 +1126,15 @@ cdef void mask_and_bias_grad(const floating *y, const floating *grad_y, floating
     memset(grad_b, 0, n_out * sizeof(floating))
     for i in range(batch):
         gy = grad_y + i * n_out
-        if relu:
-            yr = y + i * n_out
-            gr = g + i * n_out
+        yr = y + i * n_out
+        gr = g + i * n_out
+        if act == ACT_RELU:
             for j in range(n_out):
                 gr[j] = gy[j] if yr[j] > 0 else 0
+                grad_b[j] += gr[j]
+        elif act == ACT_TANH:
+            for j in range(n_out):
+                gr[j] = gy[j] * (1 - yr[j] * yr[j])
                 grad_b[j] += gr[j]
         else:
             for j in range(n_out):
@@ -1004,19 +1151,19 @@ cdef Py_ssize_t linear_backward_scratch(Py_ssize_t batch, Py_ssize_t n_in, Py_ss
 cdef void linear_backward_op(const floating *x, const floating *w, const floating *y,
                              const floating *grad_y, floating *g, floating *grad_x,
                              floating *grad_w, floating *grad_b, Py_ssize_t batch,
-                             Py_ssize_t n_in, Py_ssize_t n_out, bint relu, floating *ws,
+                             Py_ssize_t n_in, Py_ssize_t n_out, int act, floating *ws,
                              int nthreads) noexcept nogil:
     """The op on raw pointers. x (B, in), w (in, out), y and grad_y (B, out); grad_x (B, in) or
-    NULL, grad_w (in, out), grad_b (out,). Forward: y = relu(x @ w + b). With g = grad_y * (y > 0)
-    (or grad_y when not relu):
+    NULL, grad_w (in, out), grad_b (out,). Forward: y = act(x @ w + b). With g = grad_y * act'(y)
+    (or grad_y when act is ACT_NONE):
       dw = x^T g  (B is k: trans_a absorbed by packing x),  db = sum_rows g,
       dx = g w^T  (trans_b absorbed by packing w).
-    g (B, out) receives the masked gradient when relu: scratch, or grad_y itself (masked in
+    g (B, out) receives that gradient unless ACT_NONE: scratch, or grad_y itself (masked in
     place). ws: linear_backward_scratch(...) elements."""
     cdef const floating *gsrc = grad_y
-    if relu:
+    if act != ACT_NONE:
         gsrc = g
-    mask_and_bias_grad(y, grad_y, g, grad_b, batch, n_out, relu)
+    mask_and_bias_grad(y, grad_y, g, grad_b, batch, n_out, act)
     gemm(x, n_in, True, gsrc, n_out, False, grad_w, n_out, n_in, n_out, batch, NULL, False,
          ws, nthreads)
     if grad_x != NULL:
@@ -1027,18 +1174,18 @@ cdef void linear_backward_op(const floating *x, const floating *w, const floatin
 cdef void _linear_backward(const floating[:, ::1] x, const floating[:, ::1] w,
                            const floating[:, ::1] y, const floating[:, ::1] grad_y,
                            floating *grad_x, floating[:, ::1] grad_w,
-                           floating[::1] grad_b, bint relu):
+                           floating[::1] grad_b, int act):
     cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], n_out = w.shape[1]
     cdef int nt = _threads
-    # Scratch: g (when relu: grad_y is the caller's, not to be written), then the products'.
-    cdef Py_ssize_t g_size = lines(batch * n_out, sizeof(floating)) if relu else 0
+    # Scratch: g (unless ACT_NONE: grad_y is the caller's, not to be written), then the products'.
+    cdef Py_ssize_t g_size = lines(batch * n_out, sizeof(floating)) if act != ACT_NONE else 0
     cdef Scratch ws = scratch_take(
         (g_size + linear_backward_scratch(batch, n_in, n_out, nt, sizeof(floating)))
         * sizeof(floating))
     cdef floating *g = <floating *>ws.data
     with nogil:
         linear_backward_op(&x[0, 0], &w[0, 0], &y[0, 0], &grad_y[0, 0], g, grad_x,
-                           &grad_w[0, 0], &grad_b[0], batch, n_in, n_out, relu, g + g_size, nt)
+                           &grad_w[0, 0], &grad_b[0], batch, n_in, n_out, act, g + g_size, nt)
     scratch_give(ws)
 
 
@@ -1046,15 +1193,15 @@ cdef floating *_ptr(floating[:, ::1] a) noexcept:
     return &a[0, 0]
 
 
-def linear_backward(x, w, y, grad_y, grad_x, grad_w, grad_b, bint relu):
+def linear_backward(x, w, y, grad_y, grad_x, grad_w, grad_b, int act):
     if x.itemsize == 4:
         _linear_backward[float](x, w, y, grad_y,
                                 _ptr[float](grad_x) if grad_x is not None else NULL,
-                                grad_w, grad_b, relu)
+                                grad_w, grad_b, act)
     else:
         _linear_backward[double](x, w, y, grad_y,
                                  _ptr[double](grad_x) if grad_x is not None else NULL,
-                                 grad_w, grad_b, relu)
+                                 grad_w, grad_b, act)
 
 
 # ====================================================================================== optimizers
@@ -1319,9 +1466,9 @@ cdef void skip_strips(const floating *x, Py_ssize_t ldx, const floating *b, Py_s
 
 cdef void forward_strips(const floating *x, Py_ssize_t ldx, const int *perm,
                          const floating *w, Py_ssize_t ldw, floating *h, Py_ssize_t ldh,
-                         Py_ssize_t n, Py_ssize_t k, const floating *bias, bint relu,
+                         Py_ssize_t n, Py_ssize_t k, const floating *bias, int act,
                          Py_ssize_t s0, Py_ssize_t s1, int *idx) noexcept nogil:
-    """Row strips s0:s1 of h = x @ w (+ bias, ReLU'd when relu), w read in place: strip st
+    """Row strips s0:s1 of h = x @ w (+ bias, activated by act), w read in place: strip st
     is rows perm[st * SKIP_MR:(st + 1) * SKIP_MR] of x and of h, and of it the full SKIP_MR x
     SKIP_NR tiles only, each over the columns at which those rows of x are not all zero
     (UKR_SKIP's scattered tile). idx: room for k ints. skip_edges does the rest of h."""
@@ -1341,10 +1488,10 @@ cdef void forward_strips(const floating *x, Py_ssize_t ldx, const int *perm,
                 crow[i] = h + perm[st * MR + i] * ldh + u * NR
             if floating is float:
                 ukr_float_skip_scattered(nk, idx, arow, w + u * NR, ldw, crow,
-                                         bias + u * NR if bias != NULL else NULL, relu)
+                                         bias + u * NR if bias != NULL else NULL, act)
             else:
                 ukr_double_skip_scattered(nk, idx, arow, w + u * NR, ldw, crow,
-                                          bias + u * NR if bias != NULL else NULL, relu)
+                                          bias + u * NR if bias != NULL else NULL, act)
 
 
 cdef void rows_by_label(const int64_t *labels, Py_ssize_t rows, Py_ssize_t classes, int *perm,
@@ -1372,7 +1519,7 @@ cdef inline Py_ssize_t label_bucket(int64_t label, Py_ssize_t classes) noexcept 
 
 cdef void skip_edges(const floating *a, Py_ssize_t lda, bint trans_a, const floating *b,
                      Py_ssize_t ldb, floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n,
-                     Py_ssize_t k, const floating *bias, bint relu, floating *ws,
+                     Py_ssize_t k, const floating *bias, int act, floating *ws,
                      int nthreads) noexcept nogil:
     """What skip_strips leaves of C = op(A) B: the last columns (under a SKIP_NR tile) and
     the rows under the dense kernel's last full strip, gemm_direct's as in the whole
@@ -1381,11 +1528,11 @@ cdef void skip_edges(const floating *a, Py_ssize_t lda, bint trans_a, const floa
     cdef Py_ssize_t full_rows = skip_rows(m, sizeof(floating)), full_cols = n // NR * NR
     if full_cols < n:
         gemm_direct(a, lda, trans_a, b + full_cols, ldb, False, c + full_cols, ldc, m,
-                    n - full_cols, k, bias + full_cols if bias != NULL else NULL, relu, ws,
+                    n - full_cols, k, bias + full_cols if bias != NULL else NULL, act, ws,
                     nthreads)
     if full_rows < m:
         gemm_direct(a + full_rows * (1 if trans_a else lda), lda, trans_a, b, ldb, False,
-                    c + full_rows * ldc, ldc, m - full_rows, full_cols, k, bias, relu, ws,
+                    c + full_rows * ldc, ldc, m - full_rows, full_cols, k, bias, act, ws,
                     nthreads)
 
 
@@ -1475,10 +1622,10 @@ cdef inline int sweep_parts(Py_ssize_t n_in, Py_ssize_t n_out, int nthreads) noe
 
 cdef void sweep_layer(const Update *u, const floating *xp, const floating *g, floating *w,
                       floating *s1, floating *s2, const floating *xn, const floating *b,
-                      floating *h, bint relu, Py_ssize_t n_in, Py_ssize_t n_out,
+                      floating *h, int act, Py_ssize_t n_in, Py_ssize_t n_out,
                       int parts, floating *partial) noexcept nogil:
     """sweep.h's one pass over a layer's w (n_in, n_out) at a batch of one: u's step with the
-    gradient xp^T g when xp is not NULL, then h = xn @ w + b (ReLU'd when relu) when xn is
+    gradient xp^T g when xp is not NULL, then h = xn @ w + b (activated by act) when xn is
     not NULL. ``parts`` threads take a contiguous block of rows each and write their partial
     sum of the product into ``partial`` (parts rows of lines(n_out)); h is their sum, plus b."""
     cdef Py_ssize_t per = (n_in + parts - 1) // parts, stride = lines(n_out, sizeof(floating))
@@ -1497,7 +1644,11 @@ cdef void sweep_layer(const Update *u, const floating *xp, const floating *g, fl
         for part in range(1, parts):
             s = s + partial[part * stride + j]
         s = s + b[j]
-        h[j] = (s if s > 0 else 0) if relu else s
+        if act == ACT_RELU:
+            s = s if s > 0 else 0
+        elif act == ACT_TANH:
+            s = tanh_scalar(s)
+        h[j] = s
 
 
 cdef inline void sweep_rows(const Update *u, const floating *xp, const floating *g,
@@ -1544,10 +1695,10 @@ cdef void gather(const floating *x, Py_ssize_t n_in, const int64_t *rows_of, Py_
 
 
 cdef void forward_skip(const floating *x, Py_ssize_t m, Py_ssize_t k, const floating *w,
-                       Py_ssize_t n, const floating *bias, bint relu, floating *h,
+                       Py_ssize_t n, const floating *bias, int act, floating *h,
                        const int64_t *labels, Py_ssize_t classes, floating *ws,
                        int nthreads) noexcept nogil:
-    """h (m, n) = x (m, k) @ w (k, n) + bias (ReLU'd when relu), for the input layer's
+    """h (m, n) = x (m, k) @ w (k, n) + bias (activated by act), for the input layer's
     forward pass: gemm_direct's product (w read in place), except that each full SKIP_MR x
     SKIP_NR tile runs over the columns in which its SKIP_MR rows of x are not all zero only
     (forward_strips): the same sums without their zero terms. A strip's rows are samples of
@@ -1568,13 +1719,13 @@ cdef void forward_skip(const floating *x, Py_ssize_t m, Py_ssize_t k, const floa
     cdef int parts = threads_for(2.0 * full * (n // NR * NR) * k, PAR_MIN_FLOPS,
                                  min(strips, nthreads))
     if parts == 1:
-        forward_strips(x, k, perm, w, n, h, n, n, k, bias, relu, 0, strips, lists)
+        forward_strips(x, k, perm, w, n, h, n, n, k, bias, act, 0, strips, lists)
     elif parts > 1:
         per = (strips + parts - 1) // parts
         for part in prange(parts, num_threads=parts, schedule="static"):
-            forward_strips(x, k, perm, w, n, h, n, n, k, bias, relu, part * per,
+            forward_strips(x, k, perm, w, n, h, n, n, k, bias, act, part * per,
                            min((part + 1) * per, strips), lists + threadid() * stride)
-    skip_edges(x, k, False, w, n, h, n, m, n, k, bias, relu, ws, nthreads)
+    skip_edges(x, k, False, w, n, h, n, m, n, k, bias, act, ws, nthreads)
 
 
 cdef inline Py_ssize_t forward_scratch(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
@@ -1618,9 +1769,10 @@ cdef inline Py_ssize_t param_size(const Py_ssize_t *n, Py_ssize_t j) noexcept no
 
 cdef void _train_steps(list params, const floating[:, ::1] x, const int64_t[::1] labels,
                        const int64_t[::1] order, Py_ssize_t batch, floating[::1] losses,
-                       opt) except *:
+                       opt, hidden) except *:
     # params [w1, b1, ..., wL, bL] (w_i (n_{i-1}, n_i), b_i (n_i,)), x (N, n_0), labels (N,),
-    # order (S,) rows of x, losses (ceil(S / batch),); opt: kernels._steps.Optimizer.
+    # order (S,) rows of x, losses (ceil(S / batch),); opt: kernels._steps.Optimizer; hidden:
+    # kernels._steps.Hidden (the hidden layers' activation code, and dropout's rate and seed).
     cdef Py_ssize_t L = len(params) // 2, n_params = len(params)
     cdef Py_ssize_t total = order.shape[0], n_steps = losses.shape[0]
     cdef Py_ssize_t i, j, k, q, r, r0, rows, size, used
@@ -1630,12 +1782,18 @@ cdef void _train_steps(list params, const floating[:, ::1] x, const int64_t[::1]
     u.adam = opt.kind == "adam"
     u.lr, u.momentum, u.weight_decay = opt.lr, opt.momentum, opt.weight_decay
     u.beta1, u.beta2, u.eps = opt.beta1, opt.beta2, opt.eps
-    cdef long step0 = opt.step
+    cdef long step0 = opt.step, t
+    cdef int activation = hidden.act
+    cdef bint drop = hidden.p > 0
+    cdef uint64_t seed = hidden.seed
+    cdef uint32_t threshold = hidden.threshold
+    cdef double keep_scale = hidden.scale
     cdef Scratch ws
     ws.data = NULL
     ws.nbytes = 0
     # Tables, per layer i: n[i] the widths; act[i] the activations (act[0] the gathered
-    # batch, act[L] the logits), gact[i] their gradients. Per parameter j (w1, b1, w2, ...):
+    # batch, act[L] the logits), gact[i] their gradients; with dropout, pre[i] a hidden
+    # layer's output before it (y_i of kernels/_steps.py; act[i] is then d_i). Per parameter j (w1, b1, w2, ...):
     # p[j] itself, s1[j] and s2[j] its optimizer state (velocity or NULL; Adam's m and v),
     # grad[j] its gradient (for the biases, and weights too large for the chunked update).
     # p, s1 and s2 are one table of 3 * n_params arrays updated in place, which the loop uses
@@ -1643,7 +1801,7 @@ cdef void _train_steps(list params, const floating[:, ::1] x, const int64_t[::1]
     # copied back at the end: NumPy's large arrays start 16 bytes past a line, and then
     # every vector load and store of a row spans two lines (a batch of 1 ran 30% slower).
     cdef Py_ssize_t *n = <Py_ssize_t *>PyMem_Malloc((L + 1) * sizeof(Py_ssize_t))
-    cdef floating **tables = <floating **>PyMem_Malloc((7 * n_params + 3 * (L + 1))
+    cdef floating **tables = <floating **>PyMem_Malloc((7 * n_params + 4 * (L + 1))
                                                        * sizeof(floating *))
     if n == NULL or tables == NULL:
         PyMem_Free(n)
@@ -1657,6 +1815,7 @@ cdef void _train_steps(list params, const floating[:, ::1] x, const int64_t[::1]
     cdef floating **act = tables + 7 * n_params
     cdef floating **gact = act + L + 1
     cdef floating **before = gact + L + 1          # at batch 1: the last step's activations
+    cdef floating **pre = before + L + 1
     cdef floating **swap
     cdef int64_t *yb
     cdef floating *work
@@ -1664,8 +1823,9 @@ cdef void _train_steps(list params, const floating[:, ::1] x, const int64_t[::1]
     # At batch 1 each layer's weights are swept once a step (sweep_layer): the update of
     # step k waits for step k + 1's forward pass, the first thing that reads the new weights,
     # and needs step k's activations (``before``, swapped with ``act`` every step) and
-    # gradients; partial: the threads' partial products.
-    cdef bint one = batch == 1, pending = False
+    # gradients; partial: the threads' partial products. (Not with dropout, whose pass
+    # between a layer's output and the next layer's input the sweep has no place for.)
+    cdef bint one = batch == 1 and not drop, pending = False
     cdef Update u_pending = u
     cdef floating *partial = NULL
     cdef Py_ssize_t n_partial = 0
@@ -1688,6 +1848,8 @@ cdef void _train_steps(list params, const floating[:, ::1] x, const int64_t[::1]
         used = lines((batch * sizeof(int64_t) + f - 1) // f, f)
         for i in range(L + 1):
             used += lines(batch * n[i], f) * (2 if i > 0 else 1)
+            if drop and 0 < i < L:
+                used += lines(batch * n[i], f)
         for j in range(n_params):
             used += lines(param_size(n, j), f)
         for q in range(3 * n_params):
@@ -1710,6 +1872,10 @@ cdef void _train_steps(list params, const floating[:, ::1] x, const int64_t[::1]
             if i > 0:
                 gact[i] = <floating *>ws.data + used
                 used += lines(batch * n[i], f)
+            pre[i] = NULL
+            if drop and 0 < i < L:
+                pre[i] = <floating *>ws.data + used
+                used += lines(batch * n[i], f)
         for j in range(n_params):
             grad[j] = <floating *>ws.data + used
             used += lines(param_size(n, j), f)
@@ -1730,6 +1896,7 @@ cdef void _train_steps(list params, const floating[:, ::1] x, const int64_t[::1]
 
         with nogil:
             for k in range(n_steps):
+                t = step0 + k + 1
                 r0 = k * batch
                 rows = batch if total - r0 >= batch else total - r0
                 if one:
@@ -1739,28 +1906,39 @@ cdef void _train_steps(list params, const floating[:, ::1] x, const int64_t[::1]
                 gather(&x[0, 0], n[0], &order[r0], rows, act[0], nt)
                 for r in range(rows):
                     yb[r] = labels[order[r0 + r]]
-                for i in range(L):                          # forward; ReLU on hidden layers
+                for i in range(L):                          # forward; act on hidden layers
                     if one:                                 # (with the last step's update)
                         sweep_layer(&u_pending, before[i] if pending else NULL, gact[i + 1],
                                     p[2 * i], s1[2 * i], s2[2 * i], act[i], p[2 * i + 1],
-                                    act[i + 1], i < L - 1, n[i], n[i + 1],
-                                    sweep_parts(n[i], n[i + 1], nt), partial)
+                                    act[i + 1], activation if i < L - 1 else ACT_NONE, n[i],
+                                    n[i + 1], sweep_parts(n[i], n[i + 1], nt), partial)
                         continue
                     if i == 0 and skips_forward(rows, n[0], n[1], f):  # (zeros of x skipped)
-                        forward_skip(act[0], rows, n[0], p[0], n[1], p[1], L > 1, act[1], yb,
-                                     n[L], work, nt)
-                        continue
-                    gemm(act[i], n[i], False, p[2 * i], n[i + 1], False, act[i + 1], n[i + 1],
-                         rows, n[i + 1], n[i], p[2 * i + 1], i < L - 1, work, nt)
+                        forward_skip(act[0], rows, n[0], p[0], n[1], p[1],
+                                     activation if L > 1 else ACT_NONE,
+                                     pre[1] if drop and L > 1 else act[1], yb, n[L], work, nt)
+                    else:
+                        gemm(act[i], n[i], False, p[2 * i], n[i + 1], False,
+                             pre[i + 1] if drop and i < L - 1 else act[i + 1], n[i + 1], rows,
+                             n[i + 1], n[i], p[2 * i + 1],
+                             activation if i < L - 1 else ACT_NONE, work, nt)
+                    if drop and i < L - 1:                  # d = dropout(y), the next input
+                        dropout_op(pre[i + 1], act[i + 1], rows * n[i + 1],
+                                   mask_key(seed, t, i + 1), threshold, keep_scale)
                 losses[k] = <floating>softmax_cross_entropy_op(act[L], yb, gact[L], rows, n[L])
-                u.t = step0 + k + 1
+                u.t = t
                 if u.adam:
                     adam_scales(u.t, u.lr, u.beta1, u.beta2, &u.step_size, &u.inv_bc2_sqrt)
                 for i in range(L - 1, -1, -1):              # backward and update, layer by layer
-                    # g = grad_y * (y > 0) in place, db; dx = g w^T while w is the old one
+                    # g = grad_y * act'(y) in place (through dropout's mask first), db;
+                    # dx = g w^T while w is the old one
                     g = gact[i + 1]
-                    mask_and_bias_grad(act[i + 1], g, g, grad[2 * i + 1], rows, n[i + 1],
-                                       i < L - 1)
+                    if drop and i < L - 1:
+                        dropout_op(g, g, rows * n[i + 1], mask_key(seed, t, i + 1), threshold,
+                                   keep_scale)
+                    mask_and_bias_grad(pre[i + 1] if drop and i < L - 1 else act[i + 1], g, g,
+                                       grad[2 * i + 1], rows, n[i + 1],
+                                       activation if i < L - 1 else ACT_NONE)
                     if i > 0 and one:
                         sweep_backward(p[2 * i], g, gact[i], n[i], n[i + 1])
                     elif i > 0:
@@ -1793,14 +1971,15 @@ cdef void _train_steps(list params, const floating[:, ::1] x, const int64_t[::1]
         PyMem_Free(tables)
 
 
-def train_steps(list params, x, labels, order, Py_ssize_t batch, losses, opt):
+def train_steps(list params, x, labels, order, Py_ssize_t batch, losses, opt, hidden):
     """kernels/_steps.py's training step, once per ``batch`` rows of ``order``, in one call.
 
     Arguments checked by kernels/_front.py: params [w1, b1, ..., wL, bL] and x C-contiguous,
     of one float dtype; labels and order int64; losses (ceil(len(order) / batch),) receives
-    each step's loss; opt a kernels._steps.Optimizer (sgd or adam, and its state arrays).
+    each step's loss; opt a kernels._steps.Optimizer (sgd or adam, and its state arrays);
+    hidden a kernels._steps.Hidden (activation; dropout rate, seed, threshold and scale).
     """
     if x.itemsize == 4:
-        _train_steps[float](params, x, labels, order, batch, losses, opt)
+        _train_steps[float](params, x, labels, order, batch, losses, opt, hidden)
     else:
-        _train_steps[double](params, x, labels, order, batch, losses, opt)
+        _train_steps[double](params, x, labels, order, batch, losses, opt, hidden)

@@ -56,6 +56,13 @@ typedef double vf64 __attribute__((vector_size(VECTOR_BYTES), aligned(8)));
 typedef int vi32 __attribute__((vector_size(VECTOR_BYTES), aligned(4)));
 typedef long long vi64 __attribute__((vector_size(VECTOR_BYTES), aligned(8)));
 
+/* The epilogue's activation (the kernels' ``relu`` argument; kernels/_layers.py's codes):
+ * 0 none, 1 ReLU, 2 tanh (vtanh.h). */
+#define ACT_NONE 0
+#define ACT_RELU 1
+#define ACT_TANH 2
+#include "vtanh.h"
+
 /* 64-byte aligned scratch (packing buffers); free with kernels_free. */
 static inline void *kernels_alloc(size_t bytes)
 {
@@ -114,10 +121,10 @@ static inline void NAME(const T *restrict src, long lds, T *restrict dst, long l
 
 /* Pieces of every micro-kernel below, written once. They use the enclosing kernel's
  * operands by name: a, rsa, csa (A(i, p) = a[i * rsa + p * csa]), b, rsb (B rows b + p * rsb),
- * c, ldc, bias and relu.
+ * c, ldc, bias and relu (the activation code: ACT_NONE, ACT_RELU or ACT_TANH).
  * TILE_STEP(T, V, VL, MR, NR, ACC, P, A_AT): one k step, ACC[i][:] += A(i, P) B(P, :), with
  * A(i, p) = A_AT(i, p): A_STRIDED, or A_ROWS for a tile whose rows are scattered (arow[i]).
- * TILE_EPILOGUE(V, VI, VL, MR, NR, ACC, C_ROW): bias, then ReLU, then the store of ACC into
+ * TILE_EPILOGUE(V, VI, VL, MR, NR, ACC, C_ROW): bias, then ReLU or tanh, then the store of ACC into
  * the rows C_ROW(i) of C (C_STRIDED or C_ROWS), one branch per step for the whole tile: with
  * the branches inside the element loop GCC spilled all 16 accumulators to the stack to share
  * them between paths, which doubled the cost of a tile at small kc (a batch of 1's
@@ -143,10 +150,14 @@ static inline void NAME(const T *restrict src, long lds, T *restrict dst, long l
             UNROLL for (int i = 0; i < MR; ++i)                                           \
                 for (int v = 0; v < NR / VL; ++v)                                         \
                     ACC[i][v] += *(const V *)(bias + v * VL);                             \
-        if (relu)                                                                         \
+        if (relu == ACT_RELU)                                                             \
             UNROLL for (int i = 0; i < MR; ++i)                                           \
                 for (int v = 0; v < NR / VL; ++v)                                         \
                     ACC[i][v] = (V)((VI)ACC[i][v] & (VI)(ACC[i][v] > 0));                 \
+        else if (relu == ACT_TANH)                                                        \
+            UNROLL for (int i = 0; i < MR; ++i)                                           \
+                for (int v = 0; v < NR / VL; ++v)                                         \
+                    ACC[i][v] = VTANH(ACC[i][v]);                                         \
         UNROLL for (int i = 0; i < MR; ++i)                                               \
             for (int v = 0; v < NR / VL; ++v)                                             \
                 *(V *)(C_ROW(i) + v * VL) = ACC[i][v];                                    \

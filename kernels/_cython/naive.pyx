@@ -14,8 +14,14 @@ Design note (after scikit-learn's ``_loss.pyx``):
 * Compiler directives (setup.py): boundscheck, wraparound, initializedcheck off; cdivision on.
 """
 
-from libc.math cimport exp, log, sqrt
-from libc.stdint cimport int64_t
+from libc.math cimport exp, log, sqrt, tanh as c_tanh
+from libc.stdint cimport int64_t, uint32_t
+
+# kernels/_layers.py's activation codes
+cdef enum:
+    ACT_NONE = 0
+    ACT_RELU = 1
+    ACT_TANH = 2
 
 ctypedef fused floating:
     float
@@ -87,6 +93,72 @@ def relu_backward(grad_y, y, out):
         _relu_backward[double](grad_y.reshape(-1), y.reshape(-1), out.reshape(-1))
 
 
+# ---------------------------------------------------------------------------------- tanh
+
+cdef void _tanh(const floating[::1] x, floating[::1] out) noexcept:
+    # x and out are (size,): out = tanh(x), libm's, in double
+    cdef Py_ssize_t i
+    with nogil:
+        for i in range(x.shape[0]):
+            out[i] = <floating>c_tanh(x[i])
+
+
+def tanh(x, out):
+    if x.dtype.itemsize == 4:
+        _tanh[float](x.reshape(-1), out.reshape(-1))
+    else:
+        _tanh[double](x.reshape(-1), out.reshape(-1))
+
+
+cdef void _tanh_backward(const floating[::1] grad_y, const floating[::1] y,
+                         floating[::1] out) noexcept:
+    # grad_y, y, out are (size,): out = grad_y * (1 - y^2)
+    cdef Py_ssize_t i
+    with nogil:
+        for i in range(y.shape[0]):
+            out[i] = grad_y[i] * (1 - y[i] * y[i])
+
+
+def tanh_backward(grad_y, y, out):
+    if y.dtype.itemsize == 4:
+        _tanh_backward[float](grad_y.reshape(-1), y.reshape(-1), out.reshape(-1))
+    else:
+        _tanh_backward[double](grad_y.reshape(-1), y.reshape(-1), out.reshape(-1))
+
+
+# ---------------------------------------------------------------------------------- dropout
+
+cdef inline uint32_t fmix32(uint32_t h) noexcept nogil:
+    # MurmurHash3's finaliser (kernels/_layers.py)
+    h ^= h >> 16
+    h *= <uint32_t>0x85EBCA6B
+    h ^= h >> 13
+    h *= <uint32_t>0xC2B2AE35
+    h ^= h >> 16
+    return h
+
+
+cdef void _dropout(const floating[::1] x, floating[::1] out, uint32_t key, uint32_t threshold,
+                   double scale) noexcept:
+    # x, out are the (rows, units) arrays flattened: element e is unit e % units of row
+    # e // units, whose hash is fmix32(key + e * golden) (kernels/_layers.py)
+    cdef Py_ssize_t e
+    cdef floating s = <floating>scale
+    with nogil:
+        for e in range(x.shape[0]):
+            if fmix32(key + <uint32_t>e * <uint32_t>0x9E3779B9) >= threshold:
+                out[e] = x[e] * s
+            else:
+                out[e] = 0
+
+
+def dropout(x, out, uint32_t key, uint32_t threshold, double scale):
+    if x.dtype.itemsize == 4:
+        _dropout[float](x.reshape(-1), out.reshape(-1), key, threshold, scale)
+    else:
+        _dropout[double](x.reshape(-1), out.reshape(-1), key, threshold, scale)
+
+
 # ---------------------------------------------------------------------------------- softmax-CE
 
 cdef double _softmax_cross_entropy(const floating[:, ::1] logits, const int64_t[::1] labels,
@@ -123,8 +195,8 @@ def softmax_cross_entropy(logits, labels, grad):
 # ---------------------------------------------------------------------------------- linear
 
 cdef void _linear(const floating[:, ::1] x, const floating[:, ::1] w, const floating[::1] b,
-                  floating[:, ::1] out, bint relu) noexcept:
-    # x (B, in), w (in, out), b (out,), out (B, out): out = x @ w + b, then max(., 0) if relu
+                  floating[:, ::1] out, int act) noexcept:
+    # x (B, in), w (in, out), b (out,), out (B, out): out = act(x @ w + b)
     cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], n_out = w.shape[1]
     cdef Py_ssize_t i, j, p
     cdef double acc
@@ -134,24 +206,36 @@ cdef void _linear(const floating[:, ::1] x, const floating[:, ::1] w, const floa
                 acc = b[j]
                 for p in range(n_in):
                     acc += x[i, p] * w[p, j]
-                if relu and acc < 0:
+                if act == ACT_RELU and acc < 0:
                     acc = 0.0
+                elif act == ACT_TANH:
+                    acc = c_tanh(acc)
                 out[i, j] = <floating>acc
 
 
-def linear(x, w, b, out, bint relu):
+def linear(x, w, b, out, int act):
     if x.dtype.itemsize == 4:
-        _linear[float](x, w, b, out, relu)
+        _linear[float](x, w, b, out, act)
     else:
-        _linear[double](x, w, b, out, relu)
+        _linear[double](x, w, b, out, act)
+
+
+cdef inline double act_grad(double grad_y, double y, int act) noexcept nogil:
+    """The gradient at the pre-activation from the one at the output y."""
+    if act == ACT_RELU:
+        return grad_y if y > 0 else 0.0
+    if act == ACT_TANH:
+        return grad_y * (1 - y * y)
+    return grad_y
 
 
 cdef void _linear_backward(const floating[:, ::1] x, const floating[:, ::1] w,
                            const floating[:, ::1] y, const floating[:, ::1] grad_y,
                            floating[:, ::1] grad_x, floating[:, ::1] grad_w, floating[::1] grad_b,
-                           bint relu, bint need_grad_x) noexcept:
+                           int act, bint need_grad_x) noexcept:
     # x (B, in), w (in, out), y and grad_y (B, out); grad_x (B, in), grad_w (in, out), grad_b (out,)
-    # with g = grad_y * (y > 0) if relu else grad_y:  dx = g w^T,  dw = x^T g,  db = sum_rows g
+    # with g = act_grad(grad_y, y) (the gradient at the pre-activation):
+    #   dx = g w^T,  dw = x^T g,  db = sum_rows g
     cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], n_out = w.shape[1]
     cdef Py_ssize_t i, j, p
     cdef double acc
@@ -159,34 +243,31 @@ cdef void _linear_backward(const floating[:, ::1] x, const floating[:, ::1] w,
         for j in range(n_out):
             acc = 0.0
             for i in range(batch):
-                if not relu or y[i, j] > 0:
-                    acc += grad_y[i, j]
+                acc += act_grad(grad_y[i, j], y[i, j], act)
             grad_b[j] = <floating>acc
         for p in range(n_in):
             for j in range(n_out):
                 acc = 0.0
                 for i in range(batch):
-                    if not relu or y[i, j] > 0:
-                        acc += x[i, p] * grad_y[i, j]
+                    acc += x[i, p] * act_grad(grad_y[i, j], y[i, j], act)
                 grad_w[p, j] = <floating>acc
         if need_grad_x:
             for i in range(batch):
                 for p in range(n_in):
                     acc = 0.0
                     for j in range(n_out):
-                        if not relu or y[i, j] > 0:
-                            acc += grad_y[i, j] * w[p, j]
+                        acc += act_grad(grad_y[i, j], y[i, j], act) * w[p, j]
                     grad_x[i, p] = <floating>acc
 
 
-def linear_backward(x, w, y, grad_y, grad_x, grad_w, grad_b, bint relu):
+def linear_backward(x, w, y, grad_y, grad_x, grad_w, grad_b, int act):
     cdef bint need_grad_x = grad_x is not None
     if grad_x is None:
         grad_x = grad_w  # never written when need_grad_x is False; stands in for the view
     if x.dtype.itemsize == 4:
-        _linear_backward[float](x, w, y, grad_y, grad_x, grad_w, grad_b, relu, need_grad_x)
+        _linear_backward[float](x, w, y, grad_y, grad_x, grad_w, grad_b, act, need_grad_x)
     else:
-        _linear_backward[double](x, w, y, grad_y, grad_x, grad_w, grad_b, relu, need_grad_x)
+        _linear_backward[double](x, w, y, grad_y, grad_x, grad_w, grad_b, act, need_grad_x)
 
 
 # ---------------------------------------------------------------------------------- optimizers

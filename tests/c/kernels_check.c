@@ -1,5 +1,5 @@
 /* kernels_check.c: the cython set's C kernels (kernels/_cython/microkernel.h, vecmath.h,
- * sweep.h) checked on their own, without Python, for any path and compiler: built by
+ * vtanh.h, sweep.h) checked on their own, without Python, for any path and compiler: built by
  * tests/c/check.sh (and tests/test_c_kernels.py) once per path this machine can run, with gcc
  * and clang, and for aarch64 under qemu-user, where no Python of that architecture is at
  * hand. Every kernel is compared with a plain double-precision loop over the same inputs.
@@ -39,7 +39,8 @@ static double uniform(void)        /* in [-1, 1): xorshift64, the same numbers e
     return (double)(rng_state >> 11) / (double)(1ull << 52) - 1.0;
 }
 
-/* C (mr x nr, ldc) vs sum_p A(i, p) B(p, j) (+ bias) (ReLU), within tol * (k + 1). */
+/* C (mr x nr, ldc) vs sum_p A(i, p) B(p, j) (+ bias) (relu: 1 ReLU, 2 tanh), within
+ * tol * (k + 1). */
 #define REFERENCE_CHECK(T, NAME)                                                            \
 static int NAME(const T *a, long rsa, long csa, const T *b, long rsb, const T *c, long ldc, \
                 long mr, long nr, long k, const T *bias, int relu, double tol)              \
@@ -49,7 +50,8 @@ static int NAME(const T *a, long rsa, long csa, const T *b, long rsb, const T *c
             double s = bias ? bias[j] : 0.0;                                                \
             for (long p = 0; p < k; p++)                                                    \
                 s += (double)a[i * rsa + p * csa] * (double)b[p * rsb + j];                 \
-            if (relu && !(s > 0)) s = 0;                                                    \
+            if (relu == ACT_RELU && !(s > 0)) s = 0;                                        \
+            if (relu == ACT_TANH) s = tanh(s);                                              \
             if (fabs(c[i * ldc + j] - s) > tol * (k + 1)) return 0;                         \
         }                                                                                   \
     return 1;                                                                               \
@@ -58,7 +60,7 @@ REFERENCE_CHECK(float, matches_f32)
 REFERENCE_CHECK(double, matches_f64)
 
 /* The dense kernels of one dtype: full, narrow and 4/2/1-row tiles, packed and strided,
- * with and without bias and ReLU, k from 0 (an empty sum) to past a vector's lanes. */
+ * with and without bias and ReLU or tanh, k from 0 (an empty sum) to past a vector's lanes. */
 #define CHECK_DENSE(T, SUFFIX, MR, NR, TOL, MATCHES)                                        \
 static void check_dense_##SUFFIX(void)                                                      \
 {                                                                                           \
@@ -69,7 +71,7 @@ static void check_dense_##SUFFIX(void)                                          
     for (int i = 0; i < K * NR; i++) b[i] = (T)uniform();                                   \
     for (int i = 0; i < NR; i++) bias[i] = (T)uniform();                                    \
     for (long k = 0; k <= K; k += (k < 3 ? 1 : 17)) {                                       \
-        for (int relu = 0; relu < 2; relu++) {                                              \
+        for (int relu = ACT_NONE; relu <= ACT_TANH; relu++) {                               \
             const T *bs = relu ? bias : NULL;                                               \
             /* packed: A micro-panel k x MR (a[p * MR + i]), B micro-panel k x NR */        \
             ukr_##SUFFIX##_packed(k, a, b, c, NR, 0, bs, relu);                             \
@@ -198,6 +200,47 @@ static void check_exp(void)
     check(row_max_f32(z, N) == 0.0f && row_max_f32(z + 1, N - 1) == z[1], "row_max_f32", "wrong max");
 }
 
+/* vtanh.h: float32 within 2 ulp of tanh in double, float64 within 2 ulp of tanhl (long
+ * double: 80 or 128 bits), over |x| from 1e-30 to 30 (both of Cephes' ranges and the
+ * saturation to 1), and the special values exactly. */
+static void check_tanh(void)
+{
+    enum { N = 20000 };
+    static float xf[N], yf[N];
+    static double xd[N], yd[N];
+    for (int i = 0; i < N; i++) {
+        double mag = i % 2 ? 30.0 * fabs(uniform()) : pow(10.0, -30.0 * fabs(uniform()));
+        xd[i] = (i % 4 < 2 ? 1 : -1) * mag;
+        xf[i] = (float)xd[i];
+    }
+    tanh_f32(xf, yf, N);            /* N is no multiple of a vector: the tail goes one by one */
+    tanh_f64(xd, yd, N - 3);
+    double worst_f = 0, worst_d = 0;
+    for (int i = 0; i < N; i++) {
+        double want = tanh((double)xf[i]);
+        double ulp = nextafterf((float)fabs(want), INFINITY) - (float)fabs(want);
+        if (fabs(yf[i] - want) / ulp > worst_f) worst_f = fabs(yf[i] - want) / ulp;
+    }
+    for (int i = 0; i < N - 3; i++) {
+        long double want = tanhl((long double)xd[i]);
+        double ulp = nextafter(fabs((double)want), INFINITY) - fabs((double)want);
+        if ((double)fabsl(yd[i] - want) / ulp > worst_d) worst_d = (double)fabsl(yd[i] - want) / ulp;
+    }
+    char detail[64];
+    snprintf(detail, sizeof detail, "%.2f ulp from tanh", worst_f);
+    check(worst_f <= 2.0, "tanh_f32", detail);
+    snprintf(detail, sizeof detail, "%.2f ulp from tanhl", worst_d);
+    check(worst_d <= 2.0, "tanh_f64", detail);
+    float sf[] = {INFINITY, -INFINITY, 1e4f, -0.0f, 0.0f, NAN};
+    double sd[] = {INFINITY, -INFINITY, 1e4, -0.0, 0.0, NAN};
+    tanh_f32(sf, sf, 6);
+    tanh_f64(sd, sd, 6);
+    check(sf[0] == 1 && sf[1] == -1 && sf[2] == 1 && sf[3] == 0 && signbit(sf[3]) && !signbit(sf[4])
+          && isnan(sf[5]), "tanh_f32 special values", "inf, -0 or NaN wrong");
+    check(sd[0] == 1 && sd[1] == -1 && sd[2] == 1 && sd[3] == 0 && signbit(sd[3]) && !signbit(sd[4])
+          && isnan(sd[5]), "tanh_f64 special values", "inf, -0 or NaN wrong");
+}
+
 /* sweep.h at a batch of one: the update x_prev^T g_prev, then h = x_next @ w. */
 static void check_sweep(void)
 {
@@ -240,6 +283,7 @@ int main(void)
     check_skip_masks_f32();
     check_transpose();
     check_exp();
+    check_tanh();
     check_sweep();
     printf("%d passed, %d failed\n", passed, failed);
     return failed != 0;
