@@ -25,7 +25,6 @@ _isa.configure_numba()   # before anything compiles: the path KERNELS_ISA forces
 from numba import njit, set_num_threads  # noqa: E402
 
 from ._layers import ACT_RELU, ACT_TANH
-from ._numba_layers import dropout_flat
 
 THREADS_KEY = "numba"
 
@@ -112,7 +111,10 @@ def tanh_backward(grad_y, y, out):
 
 
 def dropout(x, out, key, threshold, scale):
-    # x, out (rows, units): x * scale where the unit's hash >= threshold, else 0 (kernels/_layers.py)
+    # x, out (rows, units): x * scale where the unit's hash >= threshold, else 0 (kernels/_layers.py);
+    # the numba set's loop, called from Python (so that no jitted code here embeds another file's)
+    from .numba_set import dropout_flat
+
     dropout_flat(x.reshape(-1), out.reshape(-1), key, threshold, x.dtype.type(scale))
 
 
