@@ -256,6 +256,11 @@ class TorchCompileTrainer(_TorchTrainer):
             step_size, root = lr / (1 - b1 ** t), torch.sqrt(1 - b2 ** t)  # t: a 0-d tensor, no recompiles
             return [pi - step_size * mi / (torch.sqrt(vi) / root + EPS) for pi, mi, vi in zip(p, m, v)], m + v, loss
 
+        # A worker builds one trainer per cell, each compiling this same `step` code object anew;
+        # Dynamo keeps every earlier cell's compiled entries against it, and from its recompile
+        # limit (8) on, fullgraph=True fails the cell (it did, from the 8th cell of a grid run).
+        # The earlier cells' trainers are gone: forget their entries.
+        torch._dynamo.reset()
         self._step = torch.compile(step, fullgraph=True, dynamic=False)
         self.state = [torch.zeros_like(p) for _ in range(2) for p in self.p] if self.optimizer == "adam" else []  # m, v
 
