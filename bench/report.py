@@ -402,9 +402,9 @@ STEP_FLOPS_PER_SAMPLE = 2.0 * (2 * sum(a * b for a, b in C.LAYERS) + sum(a * b f
 
 
 def step_budget(run, head):
-    """Why the batch-128 epoch lands where it does on a path, from the run's own figures: the
-    step's dense arithmetic at OpenBLAS's 2048³ rate on that path, against numpy's step and the
-    best set's (a paragraph, or "" when the pairs are missing)."""
+    """How fast the batch-128 step runs on a path, from the run's own figures: its dense
+    multiply-adds over each side's step time (dense-equivalent GFLOP/s) against OpenBLAS's 2048³
+    rate on that path, and what 2x numpy asks (a paragraph, or "" when the pairs are missing)."""
     rows = {(r["key"], r["set"]): r for r in run.get("rows", [])}
     epochs = [r for (key, _), r in rows.items() if key == "epoch-b128"]
     big = [r for (key, _), r in rows.items() if key == "matmul-2048"]
@@ -414,16 +414,18 @@ def step_budget(run, head):
     steps = -(-60000 // 128)
     numpy_us, set_us = best["a_s"] / steps * 1e6, best["b_s"] / steps * 1e6
     peak = max(2.0 * 2048 ** 3 / r["a_s"] for r in big) / 1e9              # OpenBLAS's GFLOP/s
-    dense_us = STEP_FLOPS_PER_SAMPLE * 128 / (peak * 1e3)
-    need = 1 - (numpy_us / 2) / dense_us
-    return (f"*{head}*: a batch-128 step is {STEP_FLOPS_PER_SAMPLE * 128 / 1e6:.0f} MFLOP of dense "
-            f"multiply-adds, {dense_us:.0f} µs at OpenBLAS's 2048³ rate on this path ({peak:.0f} GFLOP/s, "
-            f"{run.get('threads', '?')} threads). numpy's step took {numpy_us:.0f} µs, {best['set']}'s "
-            f"{set_us:.0f} µs ({best['value']:.2f}×), which is {dense_us / set_us:.2f}× the dense arithmetic at "
-            "that rate: it leaves out the multiply-adds by the input's zeros (the first layer, 92% of the "
-            f"FLOPs). 2× numpy ({numpy_us / 2:.0f} µs) would need "
-            + (f"{100 * need:.0f}% of the dense arithmetic left out at full speed, or more at the kernels' real "
-               "efficiency." if need > 0 else "no skipping at all at that rate.") + "\n")
+    flops = STEP_FLOPS_PER_SAMPLE * 128
+
+    def rate(us):
+        return flops / (us * 1e3)                                             # GFLOP/s
+
+    return (f"*{head}*: a batch-128 step is {flops / 1e6:.0f} MFLOP of dense multiply-adds; OpenBLAS runs "
+            f"2048³ at {peak:.0f} GFLOP/s on this path ({run.get('threads', '?')} threads), at which the step "
+            f"would take {flops / (peak * 1e3):.0f} µs. numpy's step took {numpy_us:.0f} µs ({rate(numpy_us):.0f} "
+            f"GFLOP/s), {best['set']}'s {set_us:.0f} µs ({rate(set_us):.0f} GFLOP/s dense-equivalent, "
+            f"{100 * rate(set_us) / peak:.0f}% of OpenBLAS's large-product rate; it skips the input's zero "
+            f"multiply-adds, so it does less than that). 2× numpy ({numpy_us / 2:.0f} µs) asks "
+            f"{rate(numpy_us / 2):.0f} GFLOP/s dense-equivalent, {100 * rate(numpy_us / 2) / peak:.0f}% of it.\n")
 
 
 # Why a single pass can outrun the copy it is measured against (bench.peak's and bench.paired's
