@@ -12,6 +12,7 @@
 #include <math.h>
 #include <stdint.h>
 #include "microkernel.h"
+#include "vexp.h"
 
 #define SOFTMAX_BLOCK_ROWS 128   /* rows per block: 2 x 128 x 10 floats = 10 KiB, in L1 */
 
@@ -21,28 +22,6 @@ static inline vf32 vmax_f32(vf32 a, vf32 b)
     return (vf32)(((vi32)a & gt) | ((vi32)b & ~gt));
 }
 
-/* exp(x) for x <= 0, lane by lane (softmax's shifted logits; larger x are not expected). */
-static inline vf32 vexp_nonpositive_f32(vf32 x)
-{
-    const vf32 lo = (vf32){0} - 87.33654f;          /* exp(lo) = FLT_MIN: stays normal */
-    const vf32 round = (vf32){0} + 12582912.0f;     /* 1.5 * 2^23: adding it rounds to integer */
-    vi32 below = x < lo;
-    x = (vf32)(((vi32)lo & below) | ((vi32)x & ~below));
-    vf32 t = x * 1.44269504088896341f + round;      /* n = rint(x / ln 2), in t's low bits */
-    vf32 n = t - round;
-    vf32 r = x - n * 0.693359375f;                  /* r = x - n ln 2, in two steps (Cody-Waite) */
-    r = r - n * -2.12194440e-4f;
-    vf32 p = (vf32){0} + 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;                      /* exp(r), |r| <= ln 2 / 2 */
-    vi32 ni = (vi32)t - (vi32)round;                 /* n as an integer */
-    vi32 scale = (ni + 127) << 23;                  /* 2^n as float bits */
-    return p * (vf32)scale;
-}
 
 /* max_j z[j], for n >= 1. */
 static inline float row_max_f32(const float *z, long n)

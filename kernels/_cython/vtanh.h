@@ -21,28 +21,8 @@
 #define KERNELS_VTANH_H
 
 #include <stdint.h>
+#include "vexp.h"
 
-/* exp(x) for x <= 0 in float32 (Cephes' expf; x below ln(FLT_MIN) clamped there) */
-static inline vf32 vtanh_exp_nonpositive_f32(vf32 x)
-{
-    const vf32 lo = (vf32){0} - 87.33654f;
-    const vf32 round = (vf32){0} + 12582912.0f;     /* 1.5 * 2^23: adding it rounds to integer */
-    vi32 below = x < lo;
-    x = (vf32)(((vi32)lo & below) | ((vi32)x & ~below));
-    vf32 t = x * 1.44269504088896341f + round;      /* n = rint(x / ln 2), in t's low bits */
-    vf32 n = t - round;
-    vf32 r = x - n * 0.693359375f;                  /* r = x - n ln 2, in two steps (Cody-Waite) */
-    r = r - n * -2.12194440e-4f;
-    vf32 p = (vf32){0} + 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    vi32 ni = (vi32)t - (vi32)round;
-    return p * (vf32)((ni + 127) << 23);
-}
 
 /* exp(x) for x <= 0 in float64: n = rint(x / ln 2), r = x - n ln 2 (|r| <= ln 2 / 2, in two
  * steps), exp(r) as its Taylor polynomial of degree 13 (the first term left out is under
@@ -86,7 +66,7 @@ static inline vf32 vtanh_f32(vf32 x)
     p = p * z + 1.33314422036E-1f;
     p = p * z - 3.33332819422E-1f;
     vf32 small = p * z * ax + ax;
-    vf32 e = vtanh_exp_nonpositive_f32(-2.0f * ax);  /* otherwise (NaN lanes too) */
+    vf32 e = vexp_nonpositive_f32(-2.0f * ax);  /* otherwise (NaN lanes too) */
     vf32 large = (1.0f - e) / (1.0f + e);
     vi32 is_small = ax < (vf32){0} + 0.625f;
     vi32 r = ((vi32)small & is_small) | ((vi32)large & ~is_small);
