@@ -119,40 +119,30 @@ class KernelSet:
 
     def relu(self, x, *, out=None):
         """max(x, 0), elementwise."""
-        op = "relu"
-        dtype = self._float(op, "x", x, (), any_ndim=True)
-        target = self._out(op, "out", out, _shape(x), dtype, inputs=(x,), elementwise=True)
-        self._sync_threads()
-        self._backend.relu(self._c(x), target)
-        return self._finish(out, target)
+        return self._unary("relu", x, out)
 
     def relu_backward(self, grad_y, y, *, out=None):
         """grad_y * (y > 0): the gradient through a ReLU whose output was y."""
-        op = "relu_backward"
-        self._float(op, "grad_y", grad_y, (), any_ndim=True)
-        self._float(op, "y", y, (), any_ndim=True)
-        dtype = self._same_dtype(op, grad_y=grad_y, y=y)
-        if _shape(grad_y) != _shape(y):
-            raise ValueError(
-                f"{op}: grad_y has shape {_shape(grad_y)} but y has shape {_shape(y)}; they must match"
-            )
-        target = self._out(op, "out", out, _shape(y), dtype, inputs=(grad_y, y), elementwise=True)
-        self._sync_threads()
-        self._backend.relu_backward(self._c(grad_y), self._c(y), target)
-        return self._finish(out, target)
+        return self._unary_backward("relu_backward", grad_y, y, out)
 
     def tanh(self, x, *, out=None):
         """tanh(x), elementwise."""
-        op = "tanh"
-        dtype = self._float(op, "x", x, (), any_ndim=True)
-        target = self._out(op, "out", out, _shape(x), dtype, inputs=(x,), elementwise=True)
-        self._sync_threads()
-        self._backend.tanh(self._c(x), target)
-        return self._finish(out, target)
+        return self._unary("tanh", x, out)
 
     def tanh_backward(self, grad_y, y, *, out=None):
         """grad_y * (1 - y^2): the gradient through a tanh whose output was y."""
-        op = "tanh_backward"
+        return self._unary_backward("tanh_backward", grad_y, y, out)
+
+    def _unary(self, op, x, out):
+        """An activation op: x of any shape -> the backend's op of that name, elementwise."""
+        dtype = self._float(op, "x", x, (), any_ndim=True)
+        target = self._out(op, "out", out, _shape(x), dtype, inputs=(x,), elementwise=True)
+        self._sync_threads()
+        getattr(self._backend, op)(self._c(x), target)
+        return self._finish(out, target)
+
+    def _unary_backward(self, op, grad_y, y, out):
+        """An activation's backward op: grad_y and y (its output) of one shape -> the backend's."""
         self._float(op, "grad_y", grad_y, (), any_ndim=True)
         self._float(op, "y", y, (), any_ndim=True)
         dtype = self._same_dtype(op, grad_y=grad_y, y=y)
@@ -162,7 +152,7 @@ class KernelSet:
             )
         target = self._out(op, "out", out, _shape(y), dtype, inputs=(grad_y, y), elementwise=True)
         self._sync_threads()
-        self._backend.tanh_backward(self._c(grad_y), self._c(y), target)
+        getattr(self._backend, op)(self._c(grad_y), self._c(y), target)
         return self._finish(out, target)
 
     def dropout(self, x, *, p, seed, step, layer=0, out=None):
