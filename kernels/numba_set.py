@@ -416,7 +416,8 @@ def _pack_b(b, trans_b, p0, kc, j0, cols, bp):
 def _store_tile(tile, c, i0, j0, mr, nr, first, last, bias, relu):
     # The epilogue, while the tile is hot: C[i0:i0+mr, j0:j0+nr] = tile (+ bias on the first k
     # block when bias is not empty, + C on later ones), then max(., 0) on the last k block when
-    # relu (an activation code: ACT_RELU max(., 0), ACT_TANH tanh; a bool means ReLU or none).
+    # relu (an activation code: ACT_RELU max(., 0), ACT_TANH tanh, ACT_NONE
+    # neither; always an int, so that one compiled specialisation serves every caller).
     # mr <= MR, nr <= NR: the one masked path every edge goes through.
     _, nr_, _, _, _ = _blocking(tile)
     cf = c.reshape(c.size)
@@ -681,7 +682,7 @@ def matmul(a, b, out, trans_a, trans_b):
     # a (m, k) or (k, m) with trans_a; b (k, n) or (n, k) with trans_b; out (m, n)
     (m, n), k, threads = out.shape, a.shape[0 if trans_a else 1], _threads[0]
     work = _scratch_for("work", out.dtype, _gemm_work_size(out.dtype, m, n, k, threads))
-    _gemm(a, b, out, trans_a, trans_b, _NO_BIAS[out.dtype], False, threads, work)
+    _gemm(a, b, out, trans_a, trans_b, _NO_BIAS[out.dtype], ACT_NONE, threads, work)
 
 
 # ---------------------------------------------------------------- matmul: the ladder
@@ -721,14 +722,14 @@ def _matmul_packed(a, b, out, trans_a, trans_b):
     # Rung 3: both operands packed, the register-blocked micro-kernel, one thread
     (m, n), k = out.shape, a.shape[0 if trans_a else 1]
     work = _scratch_for("work", out.dtype, _gemm_work_size(out.dtype, m, n, k, 1))
-    _gemm_range(a, b, out, trans_a, trans_b, _NO_BIAS[out.dtype], False, 0, m, 0, n, True, work)
+    _gemm_range(a, b, out, trans_a, trans_b, _NO_BIAS[out.dtype], ACT_NONE, 0, m, 0, n, True, work)
 
 
 def _matmul_threaded(a, b, out, trans_a, trans_b):
     # Rung 4: rung 3 on every thread (Numba's current count), each on its own rows or columns
     (m, n), k, tasks = out.shape, a.shape[0 if trans_a else 1], get_num_threads()
     work = _scratch_for("work", out.dtype, _gemm_work_size(out.dtype, m, n, k, tasks))
-    _gemm_threads(a, b, out, trans_a, trans_b, _NO_BIAS[out.dtype], False, tasks, True, work)
+    _gemm_threads(a, b, out, trans_a, trans_b, _NO_BIAS[out.dtype], ACT_NONE, tasks, True, work)
 
 
 # The matmul at each optimisation step, for the benchmarks: {step: callable(a, b, out, trans_a,
@@ -1262,12 +1263,12 @@ def _linear_backward(x, w, y, grad_y, grad_x, grad_w, grad_b, relu, need_grad_x,
     # linear_backward, with its scratch: g (B, out) for the masked gradient, sums (>= out,)
     # float64, work for the matmuls. grad_x is written only when need_grad_x.
     g = _bias_grad(grad_y, y, grad_b, relu, g, sums)     # gradient at the pre-activation, and db
-    no_bias, yes, no = grad_b[:0], _runtime(True), _runtime(False)
+    no_bias, yes, no, none = grad_b[:0], _runtime(True), _runtime(False), _runtime(ACT_NONE)
     # y = x @ w + b  ->  grad_w = x^T g    (the transpose absorbed by packing A)
-    _gemm(x, g, grad_w, yes, no, no_bias, no, threads, work)
+    _gemm(x, g, grad_w, yes, no, no_bias, none, threads, work)
     #                   grad_x = g w^T    (the transpose absorbed by packing B)
     if need_grad_x:
-        _gemm(g, w, grad_x, no, yes, no_bias, no, threads, work)
+        _gemm(g, w, grad_x, no, yes, no_bias, none, threads, work)
 
 
 def _backward_work_size(dtype, batch, n_in, n_out, threads):
@@ -1491,7 +1492,14 @@ def _gather(x, labels, order, lo, rows, xb, yb, threads):
     if threads > 1 and rows * x.shape[1] * x.itemsize >= GATHER_PARALLEL_MIN_BYTES:
         _gather_parallel(x, labels, order, lo, rows, xb, yb, min(threads, rows))
     else:
-        _gather_rows(x, labels, order, lo, 0, rows, xb, yb)
+        _gather_rows(x, labels, order, lo, _runtime(0), rows, xb, yb)
+
+
+@njit(cache=True, inline="always")
+def _flat(a):
+    # a C-contiguous array as 1-D: the update kernels are then compiled for one array type,
+    # not once for the weights (2-D) and again for the biases (1-D)
+    return a.reshape(a.size)
 
 
 @njit(cache=True)
@@ -1516,7 +1524,7 @@ def _train_steps(ws, bs, x, labels, order, batch, losses, adam, hyper, step, s1w
     last = n_layers - 1
     n0 = x.shape[1]
     total = order.shape[0]
-    yes, no = _runtime(True), _runtime(False)
+    yes, no, none = _runtime(True), _runtime(False), _runtime(ACT_NONE)
     no_bias = xb[:0]
     for k in range(losses.shape[0]):
         lo = k * batch
@@ -1551,12 +1559,13 @@ def _train_steps(ws, bs, x, labels, order, batch, losses, adam, hyper, step, s1w
             g = _bias_grad(_rows(grads[i], rows, n_out), y, gbs[i], act if i < last else ACT_NONE,
                            _rows(gmask, rows, n_out), sums)
             if i > 0:   # grad_x = g w^T, into the previous layer's gradient
-                _gemm(g, ws[i], _rows(grads[i - 1], rows, n_in), no, yes, no_bias, no, threads, work)
+                _gemm(g, ws[i], _rows(grads[i - 1], rows, n_in), no, yes, no_bias, none, threads, work)
             if rows == 1:
                 _outer_update(a, g, ws[i], s1w[i], s2w[i], adam, sgd_h, adam_h, use_velocity)
             else:       # grad_w = a^T g, then the step
-                _gemm(a, g, gws[i], yes, no, no_bias, no, threads, work)
-                _update(ws[i], gws[i], s1w[i], s2w[i], adam, sgd_h, adam_h, use_velocity)
+                _gemm(a, g, gws[i], yes, no, no_bias, none, threads, work)
+                _update(_flat(ws[i]), _flat(gws[i]), _flat(s1w[i]), _flat(s2w[i]), adam, sgd_h, adam_h,
+                        use_velocity)
             _update(bs[i], gbs[i], s1b[i], s2b[i], adam, sgd_h, adam_h, use_velocity)
 
 
