@@ -86,10 +86,11 @@ from . import _isa
 # NUMBA_CPU_NAME / NUMBA_CPU_FEATURES (see kernels._isa.configure_numba).
 _ISA_PATH = _isa.configure_numba()
 
+import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from llvmlite import ir  # noqa: E402
 from numba import get_num_threads, njit, prange, set_num_threads, types  # noqa: E402
-from numba.core import cgutils  # noqa: E402
+from numba.core import cgutils, errors  # noqa: E402
 from numba.extending import intrinsic, overload  # noqa: E402
 
 from . import numba_naive  # noqa: E402
@@ -516,6 +517,67 @@ def _gemm_range(a, b, c, trans_a, trans_b, bias, relu, i_lo, i_hi, j_lo, j_hi, p
                         _store_tile(tile, c, ic + ir_, jc + jr, mr, nr, first, last, bias, relu)
 
 
+# ---------------------------------------------------------------- matmul: calling it by address
+#
+# Numba compiles a call between jitted functions by linking the callee's LLVM module into the
+# caller's and optimising and code-generating the whole again, so every function above the
+# matmul held its own copy of it: _gemm_range, the parallel loop's body inside _gemm, _gemm
+# itself, _linear_backward and _train_steps each spent seconds of a cold compile on the same
+# packing loops and micro-kernels (the trainer's first run compiled them four times). Here
+# _gemm_range is compiled once, on its own, and _gemm calls it through its address, which the
+# Python wrappers look up (_gemm_range_address) and pass down as an integer. The address is an
+# argument, not a constant in the code, so every caller stays cacheable; the call is Numba's
+# own calling convention, so an exception raised inside still propagates. Its cost, one
+# indirect call per task, is a few nanoseconds. Measured, cold cache, idle, 2 cores: the
+# trainer's warm-up (train_steps, linear, softmax_cross_entropy) compiled in 26 s, 14 s so.
+
+
+def _gemm_range_types(dtype):
+    # the one signature _gemm_range is compiled for and called with by address
+    c2, c1 = types.Array(dtype, 2, "C"), types.Array(dtype, 1, "C")
+    i = types.int64
+    return (c2, c2, c2, types.boolean, types.boolean, c1, i, i, i, i, i, types.boolean, c1)
+
+
+_GEMM_RANGE_ADDRESS = {}   # numpy dtype -> address of _gemm_range compiled for it
+
+
+def _gemm_range_address(dtype):
+    """The address of _gemm_range's machine code for arrays of ``dtype`` (compiled, or loaded
+    from the cache, on first use), for _gemm's calls through _call_gemm_range."""
+    address = _GEMM_RANGE_ADDRESS.get(dtype)
+    if address is None:
+        sig = _gemm_range_types(numba.from_dtype(dtype))
+        _gemm_range.compile(sig)
+        result = _gemm_range.overloads[sig]
+        address = _GEMM_RANGE_ADDRESS[dtype] = result.library.get_pointer_to_function(result.fndesc.llvm_func_name)
+    return address
+
+
+@intrinsic
+def _call_gemm_range(typingctx, address, a, b, c, trans_a, trans_b, bias, relu, i_lo, i_hi, j_lo, j_hi,
+                     pack, work):
+    # _gemm_range(a, ..., work) through the address of its machine code. The argument types
+    # must be the ones it was compiled for (checked here, when the caller is compiled: a
+    # mismatch is a TypingError, never a call with the wrong layout).
+    args = (a, b, c, trans_a, trans_b, bias, relu, i_lo, i_hi, j_lo, j_hi, pack, work)
+    expected = _gemm_range_types(c.dtype)
+    if tuple(types.unliteral(t) for t in args) != expected:
+        raise errors.TypingError(f"_call_gemm_range: arguments {args}, expected {expected}")
+    if not isinstance(address, types.Integer):
+        raise errors.TypingError(f"_call_gemm_range: the address must be an integer, got {address}")
+
+    def codegen(context, builder, sig, llargs):
+        fnty = context.call_conv.get_function_type(types.none, expected)
+        callee = builder.inttoptr(llargs[0], fnty.as_pointer())
+        status, _ = context.call_conv.call_function(builder, callee, types.none, expected, llargs[1:])
+        with cgutils.if_unlikely(builder, status.is_error):
+            context.call_conv.return_status_propagate(builder, status)
+        return context.get_dummy_value()
+
+    return types.none(address, *expected), codegen
+
+
 @njit(cache=True, inline="always")
 def _a_at(af, lda, trans_a, i, p):
     # A(i, p) of a flat a: a[i, p], or a[p, i] when trans_a
@@ -578,9 +640,9 @@ def _task_split(c, tasks):
 
 
 @njit(cache=True, inline="always")
-def _gemm_task(a, b, c, trans_a, trans_b, bias, relu, tasks, pack, work, t, by_rows, size, step):
+def _gemm_task(a, b, c, trans_a, trans_b, bias, relu, tasks, pack, work, t, by_rows, size, step, far):
     # Task t of _task_split's split: its rows (or columns) of c, packing into its own 1/tasks
-    # of work
+    # of work; far: _gemm_range's address
     lo = min(size, t * step)
     hi = min(size, lo + step)
     share = work.size // tasks
@@ -588,33 +650,26 @@ def _gemm_task(a, b, c, trans_a, trans_b, bias, relu, tasks, pack, work, t, by_r
     if lo < hi:
         m, n = c.shape
         zero = _runtime(0)
-        if by_rows:
-            _gemm_range(a, b, c, trans_a, trans_b, bias, relu, lo, hi, zero, n, pack, mine)
-        else:
-            _gemm_range(a, b, c, trans_a, trans_b, bias, relu, zero, m, lo, hi, pack, mine)
+        i_lo, i_hi, j_lo, j_hi = (lo, hi, zero, n) if by_rows else (zero, m, lo, hi)
+        _call_gemm_range(far, a, b, c, trans_a, trans_b, bias, relu, i_lo, i_hi, j_lo, j_hi, pack, mine)
 
 
 @njit(cache=True, parallel=True)
-def _gemm_threads(a, b, c, trans_a, trans_b, bias, relu, tasks, pack, work):
+def _gemm_threads(a, b, c, trans_a, trans_b, bias, relu, tasks, pack, work, far):
     # c = op(a) @ op(b) (+ bias) (ReLU) as `tasks` tasks, one per thread, each on its own rows
     # of c (or columns): the ladder's threaded rung (_gemm has the same loop inside it).
     by_rows, size, step = _task_split(c, tasks)
     for t in prange(tasks):
-        _gemm_task(a, b, c, trans_a, trans_b, bias, relu, tasks, pack, work, t, by_rows, size, step)
+        _gemm_task(a, b, c, trans_a, trans_b, bias, relu, tasks, pack, work, t, by_rows, size, step, far)
 
 
 @njit(cache=True, parallel=True)
-def _gemm(a, b, c, trans_a, trans_b, bias, relu, threads, work):
+def _gemm(a, b, c, trans_a, trans_b, bias, relu, threads, work, far):
     # c = op(a) @ op(b) (+ bias unless empty) (ReLU if relu): the set's one matmul entry point.
     # Picks packing and the thread count from the problem's size. work: see _gemm_work_size.
-    # The parallel loop over tasks is here, not in a function of its own: Numba links every
-    # callee's LLVM module into its caller and optimises it again there, so a separate
-    # _gemm_threads was one more unit that compiled the whole matmul (and one more parfor).
-    # Measured, cold cache, 2 cores at load 5-7, three alternating pairs: the matmul's compile
-    # (_gemm, _gemm_range, _gemm_threads) 22.0, 19.8, 15.2 s -> 15.7, 17.3, 12.7 s. (Inlining
-    # _gemm_range, or the packing and epilogue functions, into their callers at Numba's level
-    # made it slower: 25-27 s and 21 s; and a raise inlined into the prange loop makes it
-    # serial.)
+    # far: _gemm_range_address(c.dtype), through which the one thread's range and each task's
+    # are called (see "calling it by address": this function then holds no copy of the matmul,
+    # and neither do its callers). A raise inlined into the prange loop would make it serial.
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
     fmas = m * n * k
@@ -623,11 +678,11 @@ def _gemm(a, b, c, trans_a, trans_b, bias, relu, threads, work):
         _gemm_rows(a, b, c, trans_a, trans_b, bias, relu)
     elif threads == 1 or fmas < PARALLEL_MIN_FMAS:
         zero = _runtime(0)
-        _gemm_range(a, b, c, trans_a, trans_b, bias, relu, zero, m, zero, n, pack, work)
+        _call_gemm_range(far, a, b, c, trans_a, trans_b, bias, relu, zero, m, zero, n, pack, work)
     else:   # one task per thread, each on its own rows (or columns) of c
         by_rows, size, step = _task_split(c, threads)
         for t in prange(threads):
-            _gemm_task(a, b, c, trans_a, trans_b, bias, relu, threads, pack, work, t, by_rows, size, step)
+            _gemm_task(a, b, c, trans_a, trans_b, bias, relu, threads, pack, work, t, by_rows, size, step, far)
 
 
 # ---------------------------------------------------------------- scratch memory
@@ -682,7 +737,7 @@ def matmul(a, b, out, trans_a, trans_b):
     # a (m, k) or (k, m) with trans_a; b (k, n) or (n, k) with trans_b; out (m, n)
     (m, n), k, threads = out.shape, a.shape[0 if trans_a else 1], _threads[0]
     work = _scratch_for("work", out.dtype, _gemm_work_size(out.dtype, m, n, k, threads))
-    _gemm(a, b, out, trans_a, trans_b, _NO_BIAS[out.dtype], ACT_NONE, threads, work)
+    _gemm(a, b, out, trans_a, trans_b, _NO_BIAS[out.dtype], ACT_NONE, threads, work, _gemm_range_address(out.dtype))
 
 
 # ---------------------------------------------------------------- matmul: the ladder
@@ -729,7 +784,8 @@ def _matmul_threaded(a, b, out, trans_a, trans_b):
     # Rung 4: rung 3 on every thread (Numba's current count), each on its own rows or columns
     (m, n), k, tasks = out.shape, a.shape[0 if trans_a else 1], get_num_threads()
     work = _scratch_for("work", out.dtype, _gemm_work_size(out.dtype, m, n, k, tasks))
-    _gemm_threads(a, b, out, trans_a, trans_b, _NO_BIAS[out.dtype], ACT_NONE, tasks, True, work)
+    _gemm_threads(a, b, out, trans_a, trans_b, _NO_BIAS[out.dtype], ACT_NONE, tasks, True, work,
+                  _gemm_range_address(out.dtype))
 
 
 # The matmul at each optimisation step, for the benchmarks: {step: callable(a, b, out, trans_a,
@@ -860,15 +916,6 @@ def dropout_flat(x, out, key, threshold, scale):
 
 
 @intrinsic
-def _f32_bits(typingctx, x):
-    # the float32 x's bit pattern as an int32 (a bitcast)
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return types.int32(types.float32), codegen
-
-
-@intrinsic
 def _f64_from_bits(typingctx, bits):
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.DoubleType())
@@ -883,8 +930,7 @@ def tanh_one(x):
 @overload(tanh_one, inline="always")
 def _tanh_one_impl(x):
     if x == types.float32:
-        f, i32 = np.float32, np.int32
-        lo, rnd = f(-87.33654), f(12582912.0)      # exp(lo) = FLT_MIN; 1.5 * 2^23
+        f = np.float32
 
         def impl(x):
             ax = abs(x)
@@ -895,20 +941,8 @@ def _tanh_one_impl(x):
             p = p * z + f(1.33314422036E-1)
             p = p * z - f(3.33332819422E-1)
             small = p * z * ax + ax
-            e = f(-2.0) * ax                        # otherwise (1 - e) / (1 + e), e = exp(-2|x|)
-            e = lo if e < lo else e                 # (NaN stays NaN)
-            t = e * f(1.44269504088896341) + rnd
-            n = t - rnd
-            r = e - n * f(0.693359375)
-            r = r - n * f(-2.12194440e-4)
-            q = f(1.9875691500e-4)
-            q = q * r + f(1.3981999507e-3)
-            q = q * r + f(8.3334519073e-3)
-            q = q * r + f(4.1665795894e-2)
-            q = q * r + f(1.6666665459e-1)
-            q = q * r + f(5.0000001201e-1)
-            q = q * (r * r) + r + f(1.0)
-            e = q * _f32_from_bits((_f32_bits(t) - _f32_bits(rnd) + i32(127)) << i32(23))
+            e = _exp_shifted(f(-2.0) * ax)          # otherwise (1 - e) / (1 + e), e = exp(-2|x|)
+                                                    # (softmax's expf, below)
             large = (f(1.0) - e) / (f(1.0) + e)
             return math.copysign(small if ax < f(0.625) else large, x)
 
@@ -1032,7 +1066,7 @@ def _f32_from_bits(typingctx, bits):
     return types.float32(bits), codegen
 
 
-def _exp_shifted(x):  # exp(x) for x <= 0 (softmax's shifted logits), in x's dtype
+def _exp_shifted(x):  # exp(x) for x <= 0 (softmax's shifted logits; tanh's exp(-2|x|)), in x's dtype
     return math.exp(x)
 
 
@@ -1227,7 +1261,7 @@ def linear(x, w, b, out, act):
     # code), bias and activation applied in the matmul's epilogue while each tile is in L1
     (batch, n_in), n_out, threads = x.shape, w.shape[1], _threads[0]
     work = _scratch_for("work", out.dtype, _gemm_work_size(out.dtype, batch, n_out, n_in, threads))
-    _gemm(x, w, out, False, False, b, int(act), threads, work)
+    _gemm(x, w, out, False, False, b, int(act), threads, work, _gemm_range_address(out.dtype))
 
 
 @njit(cache=True, fastmath=True)
@@ -1259,16 +1293,16 @@ def _bias_grad(grad_y, y, grad_b, relu, g, sums):
 
 
 @njit(cache=True)
-def _linear_backward(x, w, y, grad_y, grad_x, grad_w, grad_b, relu, need_grad_x, g, sums, threads, work):
+def _linear_backward(x, w, y, grad_y, grad_x, grad_w, grad_b, relu, need_grad_x, g, sums, threads, work, far):
     # linear_backward, with its scratch: g (B, out) for the masked gradient, sums (>= out,)
     # float64, work for the matmuls. grad_x is written only when need_grad_x.
     g = _bias_grad(grad_y, y, grad_b, relu, g, sums)     # gradient at the pre-activation, and db
     no_bias, yes, no, none = grad_b[:0], _runtime(True), _runtime(False), _runtime(ACT_NONE)
     # y = x @ w + b  ->  grad_w = x^T g    (the transpose absorbed by packing A)
-    _gemm(x, g, grad_w, yes, no, no_bias, none, threads, work)
+    _gemm(x, g, grad_w, yes, no, no_bias, none, threads, work, far)
     #                   grad_x = g w^T    (the transpose absorbed by packing B)
     if need_grad_x:
-        _gemm(g, w, grad_x, no, yes, no_bias, none, threads, work)
+        _gemm(g, w, grad_x, no, yes, no_bias, none, threads, work, far)
 
 
 def _backward_work_size(dtype, batch, n_in, n_out, threads):
@@ -1287,7 +1321,7 @@ def linear_backward(x, w, y, grad_y, grad_x, grad_w, grad_b, act):
     g = scratch[:g_size].reshape(batch, n_out) if act != ACT_NONE else grad_y
     sums = _scratch_for("sums", np.dtype(np.float64), n_out)
     _linear_backward(x, w, y, grad_y, grad_w if grad_x is None else grad_x, grad_w, grad_b, act,
-                     grad_x is not None, g, sums, threads, scratch[g_size:])
+                     grad_x is not None, g, sums, threads, scratch[g_size:], _gemm_range_address(dtype))
 
 
 # ---------------------------------------------------------------- optimizers
@@ -1511,7 +1545,7 @@ def _rows(buf, rows, n):
 @njit(cache=True)
 def _train_steps(ws, bs, x, labels, order, batch, losses, adam, hyper, step, s1w, s1b, s2w, s2b,
                  use_velocity, xb, yb, acts, grads, gmask, gws, gbs, sums, threads, work,
-                 act, drop, seed, threshold, scale, pres):
+                 act, drop, seed, threshold, scale, pres, far):
     # ws, bs: the layers' weights and biases; s1 (velocity, or Adam's m) and s2 (Adam's v) the
     # optimizer state shaped like them (ws and bs stand in where unused). xb, yb, acts[i],
     # grads[i]: flat buffers for one batch: its rows, labels, layer outputs and their gradients;
@@ -1537,12 +1571,12 @@ def _train_steps(ws, bs, x, labels, order, batch, losses, adam, hyper, step, s1w
         for i in range(n_layers):
             n_out = ws[i].shape[1]
             if drop and i < last:   # y_i into pres[i], d_i = dropout(y_i) into acts[i]
-                _gemm(a, ws[i], _rows(pres[i], rows, n_out), no, no, bs[i], act, threads, work)
+                _gemm(a, ws[i], _rows(pres[i], rows, n_out), no, no, bs[i], act, threads, work, far)
                 dropout_flat(pres[i][:rows * n_out], acts[i][:rows * n_out], mask_key(seed, t, i + 1),
                              threshold, scale)
             else:
                 _gemm(a, ws[i], _rows(acts[i], rows, n_out), no, no, bs[i], act if i < last else ACT_NONE,
-                      threads, work)
+                      threads, work, far)
             a = _rows(acts[i], rows, n_out)
         losses[k] = softmax_cross_entropy(a, yb[:rows], _rows(grads[last], rows, ws[last].shape[1]))
         # backward, last layer first, each layer's update as soon as it is done with
@@ -1559,11 +1593,11 @@ def _train_steps(ws, bs, x, labels, order, batch, losses, adam, hyper, step, s1w
             g = _bias_grad(_rows(grads[i], rows, n_out), y, gbs[i], act if i < last else ACT_NONE,
                            _rows(gmask, rows, n_out), sums)
             if i > 0:   # grad_x = g w^T, into the previous layer's gradient
-                _gemm(g, ws[i], _rows(grads[i - 1], rows, n_in), no, yes, no_bias, none, threads, work)
+                _gemm(g, ws[i], _rows(grads[i - 1], rows, n_in), no, yes, no_bias, none, threads, work, far)
             if rows == 1:
                 _outer_update(a, g, ws[i], s1w[i], s2w[i], adam, sgd_h, adam_h, use_velocity)
             else:       # grad_w = a^T g, then the step
-                _gemm(a, g, gws[i], yes, no, no_bias, none, threads, work)
+                _gemm(a, g, gws[i], yes, no, no_bias, none, threads, work, far)
                 _update(_flat(ws[i]), _flat(gws[i]), _flat(s1w[i]), _flat(s2w[i]), adam, sgd_h, adam_h,
                         use_velocity)
             _update(bs[i], gbs[i], s1b[i], s2b[i], adam, sgd_h, adam_h, use_velocity)
@@ -1601,4 +1635,4 @@ def train_steps(params, x, labels, order, batch, losses, opt, hidden):
                  tuple(s2[0::2]), tuple(s2[1::2]), opt.state is not None, xb, yb, acts, grads, gmask,
                  tuple(grad_params[0::2]), tuple(grad_params[1::2]), sums, threads, work,
                  int(hidden.act), drop, np.uint64(hidden.seed), np.uint64(hidden.threshold),
-                 dtype.type(hidden.scale), pres)
+                 dtype.type(hidden.scale), pres, _gemm_range_address(dtype))

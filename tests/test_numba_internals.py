@@ -15,6 +15,9 @@ import pytest
 from conftest import assert_close
 
 numba_set = pytest.importorskip("kernels.numba_set")
+import numba  # noqa: E402  (after the skip: Numba is there when the set is)
+
+from kernels._layers import ACT_NONE  # noqa: E402
 
 DTYPES = [np.float32, np.float64]
 # Sizes around the blocking: 1 and 3 (smaller than a tile), 17 (NR/2 < 17 < NR for float32),
@@ -60,11 +63,32 @@ def test_matmul_both_paths_and_thread_splits(dtype, threads):
         work = np.full(numba_set._gemm_work_size(np.dtype(dtype), m, n, k, threads), np.nan, dtype)
         for pack in (False, True):
             out = np.full((m, n), np.nan, dtype)
-            numba_set._gemm_range(a, b, out, False, False, no_bias, False, 0, m, 0, n, pack, work)
+            numba_set._gemm_range(a, b, out, False, False, no_bias, ACT_NONE, 0, m, 0, n, pack, work)
             assert_close(out, want, dtype, scale=4 * np.sqrt(k), what=f"range pack={pack}")
             out = np.full((m, n), np.nan, dtype)
-            numba_set._gemm_threads(a, b, out, False, False, no_bias, False, threads, pack, work)
+            numba_set._gemm_threads(a, b, out, False, False, no_bias, ACT_NONE, threads, pack, work,
+                                    numba_set._gemm_range_address(np.dtype(dtype)))
             assert_close(out, want, dtype, scale=4 * np.sqrt(k), what=f"threads={threads} pack={pack}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_called_by_address_raises_through_the_call(dtype):
+    """_gemm calls _gemm_range through its address (one compiled copy of the matmul): an error
+    raised inside still reaches the caller, and a caller compiled with the wrong argument types
+    is a typing error, not a call with the wrong layout."""
+    m, k, n = 64, 48, 96         # past _gemm_rows' sizes: one thread runs _gemm_range itself
+    a, b = np.ones((m, k), dtype), np.ones((k, n), dtype)
+    out, no_bias = np.zeros((m, n), dtype), np.empty(0, dtype)
+    far = numba_set._gemm_range_address(np.dtype(dtype))
+    too_small = np.empty(1, dtype)
+    with pytest.raises(ValueError, match="work is too small"):
+        numba_set._gemm(a, b, out, False, False, no_bias, ACT_NONE, 1, too_small, far)
+    # (Raised inside a prange task, Numba reports it as a SystemError, called directly or by
+    # address alike: the wrappers size work with _gemm_work_size, so that it never happens.)
+    with pytest.raises(numba.core.errors.TypingError, match="_call_gemm_range"):
+        numba.njit(lambda a, b, c, w, far: numba_set._call_gemm_range(
+            far, a, b, c, False, False, w, ACT_NONE, 0, 1, 0, 1, True, w))(
+            a.astype(np.float32 if dtype == np.float64 else np.float64), b, out, no_bias, far)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
