@@ -9,7 +9,7 @@
 Why: the Numba sets compile each kernel on its first call with new argument types (one
 specialisation per dtype, and for ``train_steps`` per dtype and layer count) and keep the
 machine code in Numba's on-disk cache (``cache=True``; ``NUMBA_CACHE_DIR`` when set). With an
-empty cache a training run's first ``train_steps`` call spends about a minute compiling on a
+empty cache a training run's first ``train_steps`` call spends about 13 s compiling on a
 2-core machine; with the cache filled, loading takes well under a second. ``warm_up`` pays
 that before anything is timed, so that no figure counts it, and ``python -m kernels warmup``
 pays it ahead of time (once per machine, checkout and Numba version: a classroom or a CI job).
@@ -41,7 +41,7 @@ ALL_OPS = TRAINER_OPS + ("matmul", "relu", "relu_backward", "linear_backward", "
 OPTIMIZERS = ("sgd", "momentum", "adam")
 # What a cold compile of the trainer's ops took on the 2-core machine the project is measured
 # on (python -m bench.first_call, "trainer"), said before a compile so that the wait is expected.
-TYPICAL = {"numba": "about a minute on 2 cores", "numba-naive": "a few seconds"}
+TYPICAL = {"numba": "about 15 s on 2 cores", "numba-naive": "a few seconds"}
 
 
 @dataclass
