@@ -23,7 +23,9 @@ Steps, each in its own process so one cannot disturb the next:
    AVX-512 machine, against OpenBLAS's Haswell kernel) -> paired-<path>.json;
    ``bench.peers_run``: every set against JAX, torch.compile and torch eager across network sizes,
    and Adam against torch.optim.Adam, each framework in its own process -> peers.json
-   (about 30 minutes on a quiet machine; --quick about 2; JAX from ``pip install -e .[peers]``, skipped without it);
+   (about 30 minutes on a quiet machine; --quick about 2; JAX from ``pip install -e .[peers]``, skipped without it),
+   and the seeds' network at batches 1, 32 and 128 once more on each other tuned path, with every
+   peer held to that path too (PEER_ISA_ENV) -> peers-<path>.json;
 5. ``bench.peak`` again: the peaks kept are the best of the two measurements, so a disturbance
    during one of them does not understate the machine;
 6. ``bench.report`` -> REPORT.md and charts/.
@@ -77,6 +79,16 @@ def step(title, argv, failures, timeout=None, env=None):
 # OpenBLAS's kernel that matches each path, so that a forced path is measured against its peer
 # (threadpoolctl then reports it, and the report says which ran); None: OpenBLAS's own choice.
 OPENBLAS_CORE = {"avx2": "Haswell", "avx512": "SkylakeX", "neon": None}
+
+# What holds each peer to a forced path, so that the sets on, say, the avx2 path race peers that
+# run AVX2 code too: XLA's CPU backend (JAX), ATen's kernels and inductor's vector code
+# (torch.compile), and the BLAS and oneDNN under torch's matmuls.
+PEER_ISA_ENV = {
+    "avx2": {"XLA_FLAGS": "--xla_cpu_max_isa=AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+             "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+}
+# The peers' headline cells, measured again on each forced path (the issue's targets)
+PATH_PEERS_ARGS = ["--sizes", "784-128-64-10", "--batches", "1,32,128", "--no-adam"]
 
 
 def other_paths():
@@ -191,6 +203,10 @@ def main(argv=None):
     if "peers" not in skip:
         step("against the peers, each in its own process", [py, "-m", "bench.peers_run", "--threads", str(threads),
                                                              "--out", str(out / "peers.json")] + quick, failures)
+        for path, env in other_paths():
+            step(f"against the peers, {path} path", [py, "-m", "bench.peers_run", "--threads", str(threads),
+                                                     "--out", str(out / f"peers-{path}.json")] + PATH_PEERS_ARGS
+                 + quick, failures, env={**env, **PEER_ISA_ENV.get(path, {})})
     if "peak" not in skip:
         step("peak (after)", [py, "-m", "bench.peak", "--threads", str(threads), "--out", str(out / "peak-after.json")]
              + quick, failures)

@@ -58,6 +58,10 @@ from bench import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS_SIZES = (784, 128, 64, 10)
+# The variables that hold a run to one instruction-set path (bench/__main__.py sets them for a
+# forced path), recorded with the run
+FORCING_VARS = ("KERNELS_ISA", "OPENBLAS_CORETYPE", "XLA_FLAGS", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
+                "ONEDNN_MAX_CPU_ISA", "NUMBA_CPU_NAME")
 # Two hidden layers from 64 to 1024 wide, and the seeds' one-hidden-layer 784-64-10.
 GRID_SIZES = ((784, 64, 10), (784, 64, 64, 10), SEEDS_SIZES, (784, 256, 128, 10), (784, 512, 256, 10),
               (784, 1024, 512, 10), (784, 1024, 1024, 10))
@@ -389,6 +393,7 @@ def run(trainers, sizes_list, batches, threads, *, quick=False, adam=True, out=N
     result = {"threads": threads, "quick": quick, "turn_s": turn_s, "settle_s": settle, "samples_per_call": spc,
               "warm_steps": WARM_STEPS, "lr": SGD_LR, "optimizer": "sgd", "machine": describe(),
               "isa_paths": _isa.supported(), "isa_forced": _isa.requested(),
+              "forced_env": {k: os.environ[k] for k in FORCING_VARS if os.environ.get(k)},
               "what": {t: P.WHAT[t] for t in trainers}, "skipped": skipped, "cells": [], "adam": None,
               "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     t_start = time.perf_counter()

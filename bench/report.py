@@ -384,6 +384,23 @@ def paths_section(results_dir: Path, paired):
             else:
                 cells.append(", ".join(f"{s} {v:.2f}{'' if v >= threshold else ' **not met**'}" for s, v in got.items()))
         rows.append((what + (", each set" if which == "each" else ", best set"), f"≥ {threshold:g}", *cells))
+    # the peers' targets: peers.json on the best path, peers-<path>.json on a forced one
+    peers = [_load_json(results_dir / ("peers.json" if name == "best" else f"peers-{name}.json")) for name, _ in runs]
+    heads_by_run = [peers_report.headline_cells(p) if p and not p.get("quick") else {} for p in peers]
+    for b, threshold in sorted(peers_report.TARGETS.items()):
+        cells = []
+        for head in heads_by_run:
+            c = head.get(b)
+            cells.append(f"{c['value']:.2f} ({c['best_set']} vs {c['best_peer']}) "
+                         f"{'met' if c['value'] >= threshold else '**not met**'}" if c and "value" in c else "–")
+        if any(cell != "–" for cell in cells):
+            rows.append((f"train_steps epoch at batch {b} vs the strongest peer (784-128-64-10), best set",
+                         f"≥ {threshold:g}", *cells))
+    forced = {k: v for p in peers if p for k, v in p.get("forced_env", {}).items()
+              if k not in ("KERNELS_ISA", "OPENBLAS_CORETYPE")}
+    peers_note = (" The peers' rows come from `bench.peers_run` (each framework in its own process, alternating "
+                  "turns); on a forced path the peers are held to it as well (" + ", ".join(
+                      f"`{k}={v}`" for k, v in forced.items()) + ")." if forced else "")
     return "\n".join([
         "## Per instruction-set path", "",
         "The same targets on each path this CPU runs, each timed in alternating turns (`bench.paired`) against "
@@ -391,7 +408,7 @@ def paths_section(results_dir: Path, paired):
         "`KERNELS_ISA=<path> OPENBLAS_CORETYPE=<its kernel>` (threadpoolctl's report of the kernel that ran is in "
         "each column's head). The compiled sets carry one build per path (`kernels/_cython/isa/<path>.h`, "
         "numba's `TILES`), so the forced path runs the same code an AVX2-only CPU would; the CPU's caches and "
-        "clock stay this machine's.", "",
+        "clock stay this machine's." + peers_note, "",
         table(["target", "threshold"] + heads, rows), "",
     ] + [note for (name, run), head in zip(runs, heads) if (note := step_budget(run, head))])
 
