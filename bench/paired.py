@@ -90,12 +90,7 @@ def alternate(a: Side, b: Side, rounds: int, *, scale: float = 1.0, min_turn=MIN
     Returns the medians of both sides' times (seconds a call), the median of the per-round
     values (``value``), and every round's value.
     """
-    calls = {}
-    for side in (a, b):  # how many calls make a turn of min_turn, timed after a first call
-        (side.warm or side.fn)()
-        t0 = clock()
-        side.fn()
-        calls[side.label] = max(1, math.ceil(min_turn / max(clock() - t0, 1e-9)))
+    calls = {side.label: _calls_per_turn(side, min_turn, settle, clock, sleep) for side in (a, b)}
     times = {a.label: [], b.label: []}
     last_pool = b.pool
     for r in range(rounds):
@@ -113,6 +108,29 @@ def alternate(a: Side, b: Side, rounds: int, *, scale: float = 1.0, min_turn=MIN
     return {"a": a.label, "b": b.label, "a_s": statistics.median(times[a.label]),
             "b_s": statistics.median(times[b.label]), "value": statistics.median(values),
             "values": values, "rounds": rounds, "calls": [calls[a.label], calls[b.label]]}
+
+
+CALIBRATION_CALLS = 3   # timed calls, the fastest of which sizes a turn
+LONG_CALL_S = 0.1       # a call this long makes a turn of one call however it was disturbed
+
+
+def _calls_per_turn(side, min_turn, settle, clock, sleep):
+    # How many calls make a turn of min_turn: after a pause (the other side's pool stops
+    # spinning) and an untimed call, the fastest of CALIBRATION_CALLS timed ones. One call timed
+    # right after the other side's, as before, could land while OpenBLAS's threads still spun:
+    # a 20 us matmul read 8 ms, its turns became one call each, and every round then timed one
+    # call just after its pool woke up (ratios of 0.003 to 1.8 within one pair).
+    if settle > 0:
+        sleep(settle)
+    (side.warm or side.fn)()
+    fastest = math.inf
+    for _ in range(CALIBRATION_CALLS):
+        t0 = clock()
+        side.fn()
+        fastest = min(fastest, clock() - t0)
+        if fastest >= LONG_CALL_S:
+            break
+    return max(1, math.ceil(min_turn / max(fastest, 1e-9) - 1e-9))   # (6 ms / 3 ms is 2 calls, not 3)
 
 
 # ---------------------------------------------------------------- the pairs
@@ -268,7 +286,9 @@ def _perop_pairs(sets, threads, quick):
                Side(s, loops[s][0], s, loops[s][1]), 1.0)
 
 
-def measure(sets=C.COMPILED_SETS, threads=None, quick=False, log=print, settle=SETTLE_S) -> dict:
+def measure(sets=C.COMPILED_SETS, threads=None, quick=False, log=print, settle=SETTLE_S, keys=None) -> dict:
+    """Every pair's alternating turns (or only those whose key, or its family before the "-",
+    is in ``keys``)."""
     import kernels
 
     threads = threads or kernels.cpu_count()
@@ -277,6 +297,8 @@ def measure(sets=C.COMPILED_SETS, threads=None, quick=False, log=print, settle=S
     rows = []
     t_start = time.perf_counter()
     for key, s, what, a, b, scale in pairs(sets, threads, quick):
+        if keys and key not in keys and key.split("-")[0] not in keys:
+            continue
         rounds = 3 if quick else ROUNDS[key.split("-")[0]]
         row = {"key": key, "set": s, "what": what, **alternate(a, b, rounds, scale=scale, settle=settle)}
         rows.append(row)
@@ -312,6 +334,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "results" / "paired.json"))
     parser.add_argument("--sets", default=",".join(C.COMPILED_SETS))
     parser.add_argument("--quick", action="store_true", help="small shapes, 3 rounds: a smoke test")
+    parser.add_argument("--keys", default=None,
+                        help="only these pairs, comma-separated keys or families (shapes, epilogue-tanh, epoch, ...); "
+                             "write them somewhere other than the full run's paired.json")
     args = parser.parse_args(argv)
     import kernels
 
@@ -325,8 +350,8 @@ def main(argv=None) -> int:
     for s, reason in kernels.available().items():
         if s in names and reason is not None:
             print(f"{s}: skipped ({reason})")
-    result = measure(names, args.threads, args.quick,
-                     settle=SETTLE_S / 10 if args.quick else SETTLE_S)  # quick: a smoke test, not a figure
+    result = measure(names, args.threads, args.quick, settle=SETTLE_S / 10 if args.quick else SETTLE_S,  # quick:
+                     keys=args.keys.split(",") if args.keys else None)                   # a smoke test, not a figure
     out = write_json(args.out, result)
     print(f"-> {out} ({result['seconds']:.0f} s)")
     return 0

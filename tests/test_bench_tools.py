@@ -81,10 +81,23 @@ def test_alternate_takes_turns_and_quotes_the_median_round():
     assert row["calls"] == [2, 6]  # calls to fill 6 ms: 2 of a, 6 of b
     assert row["a_s"] == pytest.approx(3e-3) and row["b_s"] == pytest.approx(1e-3)
     assert row["value"] == pytest.approx(1.5) and row["values"] == pytest.approx([1.5] * 4)
-    # after calibration (a warm + a timed call each): turns A B | B A | A B | B A, each turn an
-    # untimed call then the timed ones, with a pause wherever the pool changes
-    turns = "".join("|" if e == "sleep" else e for e in clock.log[4:])
-    assert turns == "|aaa|bbbbbbbbbbbbbb|aaaaaa|bbbbbbbbbbbbbb|aaa"
+    # calibration: a pause, a warm call and three timed ones for each side; then turns
+    # A B | B A | A B | B A, each turn an untimed call then the timed ones, with a pause
+    # wherever the pool changes
+    log = "".join("|" if e == "sleep" else e for e in clock.log)
+    assert log[:10] == "|aaaa|bbbb"
+    assert log[10:] == "|aaa|bbbbbbbbbbbbbb|aaaaaa|bbbbbbbbbbbbbb|aaa"
+
+
+def test_alternate_sizes_turns_from_an_undisturbed_call():
+    """A side whose first timed call is slowed (another pool still spinning) still gets turns
+    of many calls: the fastest calibration call sizes them."""
+    from bench.paired import Side, alternate
+
+    clock = _FakeClock(slow_from=1e-3, slow_to=4e-3)   # a's first timed call is 10x slower
+    a, b = Side("a", clock.side("a", 1e-3), "pool-a"), Side("b", clock.side("b", 2e-4), "pool-b")
+    row = alternate(a, b, rounds=2, min_turn=2e-3, settle=0.0, clock=clock, sleep=clock.sleep)
+    assert row["calls"] == [2, 10]
 
 
 def test_alternate_keeps_the_ratio_through_a_disturbance():
