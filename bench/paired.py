@@ -12,7 +12,8 @@ a disturbance that lasts longer than a round slows both sides, and the ratio kee
 
 Each turn calls its side once untimed (caches and the thread pool warm, as in a benchmark group
 of its own), then times ``calls`` calls in a row, enough to take about ``MIN_TURN_S`` (so that
-the timer's resolution does not matter). Between two turns on different thread pools it waits
+neither the timer's resolution nor the first call after a pause decides the turn; the count is
+sized from the fastest of a few calls). Between two turns on different thread pools it waits
 ``SETTLE_S``, so that the previous pool's workers have stopped spinning: OpenBLAS's keep a core
 busy for about 0.1 s after numpy's last matmul, and a cython matmul of 256³ run in that time
 measured 7.5 ms instead of 0.3 (conftest.SET_SETTLE_S). The untimed call after the pause wakes
@@ -59,7 +60,11 @@ from bench import write_json
 from bench.peak import split_copy
 
 ROOT = Path(__file__).resolve().parent.parent
-MIN_TURN_S = 2e-3   # a turn times this long at least (many calls of a microsecond op)
+# A turn times this long at least: many calls of a microsecond op, and several of a millisecond
+# one. At 2 ms, the 4096x1000 ops (1-3 ms a call) got turns of one or two calls, and their
+# rounds split by order: the same pair read about 2 in the rounds where the set followed its
+# own turn and 0.2-0.8 where it followed the other side's (tanh, numba: 0.19-2.22 in one run).
+MIN_TURN_S = 0.02
 SETTLE_S = 0.2      # the pause between turns on two different thread pools
 # The sets that can stand on the second side (numpy and torch are the first; the naive sets would take
 # minutes a turn at 2048^3).

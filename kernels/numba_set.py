@@ -416,37 +416,16 @@ def _pack_b(b, trans_b, p0, kc, j0, cols, bp):
 @njit(cache=True, fastmath=True)
 def _store_tile(tile, c, i0, j0, mr, nr, first, last, bias, relu):
     # The epilogue, while the tile is hot: C[i0:i0+mr, j0:j0+nr] = tile (+ bias on the first k
-    # block when bias is not empty, + C on later ones), then the activation on the last k block:
-    # relu is an activation code (ACT_RELU max(., 0), ACT_TANH tanh, ACT_NONE neither; always
-    # an int, so that one compiled specialisation serves every caller). The tile is scratch
-    # (tanh works in it).
+    # block when bias is not empty, + C on later ones), then max(., 0) on the last k block when
+    # relu (an activation code: ACT_RELU max(., 0), ACT_TANH tanh, ACT_NONE
+    # neither; always an int, so that one compiled specialisation serves every caller).
     # mr <= MR, nr <= NR: the one masked path every edge goes through.
     _, nr_, _, _, _ = _blocking(tile)
     cf = c.reshape(c.size)
     ldc = c.shape[1]
     add_bias = first and bias.size > 0
     clamp = relu == ACT_RELU and last
-    if relu == ACT_TANH and last:
-        # tanh over the whole tile in one call, then the store: a loop of MR * NR elements,
-        # which LLVM runs in its unrolled vector body. Called per row of C instead (NR
-        # elements, shorter than that body) it ran mostly in the scalar remainder loop. The sums
-        # are the same additions as below, so the results are the same bits.
-        for i in range(mr):
-            t = i * nr_
-            row = (i0 + i) * ldc + j0
-            if not first:
-                for j in range(nr):
-                    tile[U(t + j)] += cf[U(row + j)]
-            elif add_bias:
-                for j in range(nr):
-                    tile[U(t + j)] += bias[U(j0 + j)]
-        tanh_span(tile, 0, mr * nr_)     # (a call, not inlined: its loop keeps its own fastmath flags)
-        for i in range(mr):
-            t = i * nr_
-            row = (i0 + i) * ldc + j0
-            for j in range(nr):
-                cf[U(row + j)] = tile[U(t + j)]
-        return
+    squash = relu == ACT_TANH and last
     for i in range(mr):
         t = i * nr_
         row = (i0 + i) * ldc + j0
@@ -462,6 +441,8 @@ def _store_tile(tile, c, i0, j0, mr, nr, first, last, bias, relu):
         if clamp:
             for j in range(nr):
                 cf[U(row + j)] = max(cf[U(row + j)], 0)
+        elif squash:    # (a call, not inlined: its loop keeps its own fastmath flags)
+            tanh_span(cf, row, nr)
 
 
 # ---------------------------------------------------------------- matmul: the five loops
