@@ -6,7 +6,9 @@ instruction-set path, with OpenMP where the compiler has it.
     KERNELS_BUILD_ISAS=avx2,generic pip install -e .    # only these paths: a quicker build
     KERNELS_OPENMP=0 pip install -e .                   # serial kernels, as without OpenMP
 
-kernels/_cython/fast.pxi is compiled as kernels._cython.fast_<path> for each path of ISA_FLAGS,
+kernels/_cython/fast.pxi (with the op families it includes: matmul.pxi, elementwise.pxi,
+softmax.pxi, linear.pxi, optim.pxi, train_steps.pxi) is compiled as kernels._cython.fast_<path>
+for each path of ISA_FLAGS,
 each with that path's flags (its table, kernels/_cython/isa/<path>.h, is picked by the
 -DKERNELS_ISA_<PATH> define); kernels/cython_set.py imports the one that kernels._isa selects
 for the CPU at run time. There is no -march=native: one build runs on every CPU of its
@@ -63,10 +65,11 @@ def extensions():
         sys.exit("the Cython kernels use GCC/clang vector extensions; build them with GCC or "
                  "clang (MSVC cannot), or use the numpy, numba and torch sets")
     cdir = os.path.join("kernels", "_cython")
-    # The C headers the .pyx files include (micro-kernels, vector math, the paths' tables): a
-    # change to one rebuilds the extensions, and sdists ship them.
+    # The files the .pyx files include (fast.pxi and its op families' .pxi; the micro-kernels,
+    # vector math and the paths' tables in C headers): a change to one rebuilds the extensions,
+    # and sdists ship them.
     headers = sorted(glob(os.path.join(cdir, "*.h")) + glob(os.path.join(cdir, "isa", "*.h")))
-    depends = headers + [os.path.join(cdir, "fast.pxi")]
+    depends = headers + sorted(glob(os.path.join(cdir, "*.pxi")))
     macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
     exts = [
         Extension(

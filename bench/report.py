@@ -1057,7 +1057,7 @@ def profile_section(prof, peak=None):
                      "batch's gather, 400 KB of rows from anywhere in memory, between the cores. Measured in "
                      "alternating turns against the build before each change, groups of 4 with vector lists "
                      "made the whole step 1.10× as fast and the grouping by label 1.04–1.05× (the notes in "
-                     "`kernels/_cython/fast.pyx`).")
+                     "`kernels/_cython/train_steps.pxi`).")
             need = n["train_steps_us"] / 2.0
             if b["train_steps_us"] > need:
                 line += (f" The target of 2× numpy's epoch asks for a step of {need:.0f} µs, "

@@ -53,7 +53,7 @@ linear = _ext.linear
 linear_backward = _ext.linear_backward
 sgd_step = _ext.sgd_step
 adam_step = _ext.adam_step
-train_steps = _ext.train_steps     # the whole training loop in C (fast.pxi)
+train_steps = _ext.train_steps     # the whole training loop in C (train_steps.pxi)
 
 
 

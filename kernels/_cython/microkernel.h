@@ -206,7 +206,7 @@ NAME##_strided(long kc, const T *restrict a, long rsa, long csa,                
                 acc[0][i][v] += *(const V *)(c + i * ldc + v * VL);                       \
     TILE_EPILOGUE(V, VI, VL, MR, NR, acc[0], C_STRIDED);                                  \
 }                                                                                         \
-/* A and B packed by fast.pyx's pack(): A micro-panel kc x MR, B micro-panel kc x NR. */  \
+/* A and B packed by matmul.pxi's pack(): A micro-panel kc x MR, B micro-panel kc x NR. */  \
 static __attribute__((unused)) void NAME##_packed(long kc, const T *restrict a, const T *restrict b,         \
                              T *restrict c, long ldc, int accumulate,                     \
                              const T *restrict bias, int relu)                            \
@@ -254,7 +254,7 @@ UKR(ukr_double_r1, double, vf64, vi64, VL_F64, 1, NR_F64, 4)
  * dense kernel, 138 skipping without the prefetch and 124 with it).
  * NAME##_scattered(nk, idx, arow, b, rsb, crow, bias, relu) is the same tile with its rows
  * anywhere: A(i, p) = arow[i][p], row i of C at crow[i]. The forward pass picks its strips'
- * rows (fast.pyx's forward_strips): each row's sums are its own, so any grouping of rows
+ * rows (train_steps.pxi's forward_strips): each row's sums are its own, so any grouping of rows
  * gives the same C, and rows alike in their zeros make longer skips.
  *
  * The listings, of the steps p whose MR values are not all zero (of either sign: the bits

@@ -20,7 +20,7 @@
  * pull lines that the other core is writing, and the lines go back and forth between the
  * two L2 caches.
  *
- * The update's arithmetic is sgd_range's and adam_range's (fast.pyx), on the gradient
+ * The update's arithmetic is sgd_range's and adam_range's (optim.pxi), on the gradient
  * element x_prev[i] * g_prev[j]; the forward sums run in another order than the
  * micro-kernel's, so the results match the op-by-op path to rounding.
  */
@@ -30,7 +30,7 @@
 #include <math.h>
 #include "microkernel.h"
 
-/* The optimizer step of kernels._steps.Optimizer at step t (fast.pyx's train_steps fills it). */
+/* The optimizer step of kernels._steps.Optimizer at step t (train_steps.pxi fills it). */
 typedef struct {
     int adam;                            /* else SGD */
     long t;                              /* the step, counted from 1 (Adam's bias corrections) */

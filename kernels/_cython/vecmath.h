@@ -1,10 +1,10 @@
-/* vecmath.h: the numerically careful row helpers of fast.pyx's softmax-cross-entropy, in
+/* vecmath.h: the numerically careful row helpers of softmax.pxi's softmax-cross-entropy, in
  * float32 vectors of the path's width (GCC vector extensions: VL_F32 lanes, isa/<path>.h).
  *
  * libm's expf is a scalar call (~10 ns) that GCC cannot vectorise without -ffast-math, which
  * made exp the whole cost of softmax-cross-entropy. exp_minus_max_f32 computes exp(z - max)
  * a vector at a time with Cephes' expf (range reduction by ln 2, degree-5 polynomial, about
- * 1 ulp), exact enough for float32 and branch-free. float64 keeps libm's exp (fast.pyx).
+ * 1 ulp), exact enough for float32 and branch-free. float64 keeps libm's exp (softmax.pxi).
  */
 #ifndef KERNELS_VECMATH_H
 #define KERNELS_VECMATH_H
