@@ -172,6 +172,7 @@ cdef extern from "microkernel.h" nogil:  # (with vtanh.h: tanh a vector at a tim
 cdef extern from "vecmath.h" nogil:
     enum:
         SOFTMAX_BLOCK_ROWS
+        SOFTMAX_SMALL_ROWS_MAX
     double softmax_xent_small_rows_f32(const float *z, const int64_t *labels, float *g,
                                        long rows, long classes, double inv_batch)
     float row_max_f32(const float *z, long n)

@@ -35,12 +35,12 @@ cdef inline double softmax_cross_entropy_row(const floating *z, Py_ssize_t label
 cdef double softmax_cross_entropy_rows(const floating *z, const int64_t *labels, floating *g,
                                        Py_ssize_t rows, Py_ssize_t classes,
                                        double inv_batch) noexcept nogil:
-    """A block of rows; the sum of their losses. Rows narrower than one float32 vector (the
-    MLP's 10 classes) go through vecmath.h's block kernel, which vectorises across rows."""
+    """A block of rows; the sum of their losses. Rows of few classes (the MLP's 10; up to
+    SOFTMAX_SMALL_ROWS_MAX) go through vecmath.h's block kernel, which vectorises across rows."""
     cdef Py_ssize_t i
     cdef double loss = 0.0
     if floating is float:
-        if classes < VL_F32:
+        if classes <= SOFTMAX_SMALL_ROWS_MAX:
             return softmax_xent_small_rows_f32(z, labels, g, rows, classes, inv_batch)
     for i in range(rows):
         loss += softmax_cross_entropy_row(z + i * classes, labels[i], g + i * classes, classes,

@@ -273,6 +273,42 @@ static void check_sweep(void)
     check(ok_dx, "sweep backward (g w^T)", "wrong sums");
 }
 
+/* vecmath.h's block kernel for rows of few classes (up to SOFTMAX_SMALL_ROWS_MAX, wider than
+ * one vector on avx2 and neon): the summed loss and the gradient, against double loops, over
+ * more rows than one block. */
+static void check_softmax_small_rows(void)
+{
+    enum { ROWS = SOFTMAX_BLOCK_ROWS + 72 };
+    static float z[ROWS * SOFTMAX_SMALL_ROWS_MAX], g[ROWS * SOFTMAX_SMALL_ROWS_MAX];
+    static int64_t labels[ROWS];
+    const long widths[] = {3, 10, SOFTMAX_SMALL_ROWS_MAX};
+    for (int w = 0; w < 3; w++) {
+        long classes = widths[w];
+        for (long i = 0; i < ROWS * classes; i++) z[i] = (float)(8.0 * uniform());
+        for (long i = 0; i < ROWS; i++) labels[i] = (int64_t)((uniform() + 1.0) / 2.0 * classes) % classes;
+        double inv_batch = 1.0 / ROWS;
+        double loss = softmax_xent_small_rows_f32(z, labels, g, ROWS, classes, inv_batch);
+        double want = 0.0, worst = 0.0;
+        for (long i = 0; i < ROWS; i++) {
+            const float *zi = z + i * classes;
+            double m = zi[0], total = 0.0;
+            for (long j = 1; j < classes; j++) m = zi[j] > m ? zi[j] : m;
+            for (long j = 0; j < classes; j++) total += exp(zi[j] - m);
+            want += log(total) - (zi[labels[i]] - m);
+            for (long j = 0; j < classes; j++) {
+                double gj = (exp(zi[j] - m) / total - (j == labels[i])) * inv_batch;
+                double err = fabs(g[i * classes + j] - gj);
+                worst = err > worst ? err : worst;
+            }
+        }
+        char detail[96];
+        snprintf(detail, sizeof detail, "%ld classes: loss %.7g, want %.7g; gradient off by %.3g", classes,
+                 loss, want, worst);
+        check(fabs(loss - want) <= 1e-5 * fabs(want) && worst <= 1e-6 * inv_batch * 10, "softmax small rows",
+              detail);
+    }
+}
+
 int main(void)
 {
     printf("path %s: %d-byte vectors, float32 tile %d x %d, float64 tile %d x %d\n",
@@ -285,6 +321,7 @@ int main(void)
     check_exp();
     check_tanh();
     check_sweep();
+    check_softmax_small_rows();
     printf("%d passed, %d failed\n", passed, failed);
     return failed != 0;
 }
