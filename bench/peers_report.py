@@ -189,7 +189,8 @@ def _adam(adam):
         vs = f"{r['us'] / rows[best]['us']:.2f}×" if best else "–"
         table_rows.append([f"`{v}`", r["what"], f"{r['us']:.1f} µs", _spread(r["us_rounds"]), vs, r.get("isa") or "–"])
     lines = [f"Adam over {_net(adam['sizes'])}'s parameters, one step, each variant in its own process in "
-             f"alternating turns ({adam['rounds']} rounds):", "",
+             f"alternating turns ({adam['rounds']} rounds)"
+             + (f"; measured at {adam['measured_at']}, {adam['note']}" if adam.get("note") else "") + ":", "",
              _table(["variant", "what", "median", "spread", f"time / `{best}`'s" if best else "ratio", "ISA path"],
                     table_rows), ""]
     if best and "torch-fused" in rows:

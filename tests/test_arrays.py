@@ -36,3 +36,26 @@ def test_fast_paths_accept_only_what_the_full_checks_accept():
     assert A.int_vector(labels, 4) is None
     assert A.int_vector(labels.astype(np.float32), 3) is None
     assert A.int_vector(labels.reshape(3, 1), 3) is None
+
+
+def test_optimizer_fast_path_accepts_only_what_the_full_checks_accept():
+    A = NumpyArrays()
+    p, g, m, v = (np.zeros((3, 4), np.float32) for _ in range(4))
+
+    def ready(*arrays, updated=(True, False, True, True)):
+        return A.ready_together([(f"a{i}", x, u) for i, (x, u) in enumerate(zip(arrays, updated))])
+
+    assert ready(p, g, m, v)
+    assert ready(p, p, m, v)                                     # grad is only read: it may be param
+    assert not ready(p, g, m, m)                                 # two updated arrays, one memory
+    assert not ready(p, g, m, np.zeros((4, 3), np.float32))      # shapes differ
+    assert not ready(p, g, m, np.zeros((3, 4), np.float64))      # dtypes differ
+    assert not ready(p, g, m, np.zeros((3, 8), np.float32)[:, ::2])   # strided
+    assert not ready(p, g, m, np.zeros((6, 4), np.float32)[:3])  # a view: may share memory
+    ro = v.copy()
+    ro.flags.writeable = False
+    assert not ready(p, g, m, ro)
+    assert ready(p, ro, m, v)                                    # read-only is fine for grad
+    assert not ready(p, g.tolist(), m, v)
+    assert not ready(*(np.zeros((0, 4), np.float32) for _ in range(4)))   # empty
+    assert not ready(*(np.zeros((3, 4), np.float16) for _ in range(4)))
