@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import kernels
+from kernels._layers import ACT_RELU
 
 reason = kernels.available().get("cython")
 pytestmark = pytest.mark.skipif(reason is not None, reason=str(reason))
@@ -70,6 +71,30 @@ def test_packed_path_across_blocks(dtype, threads):
             ladder()[step](a, b, out, ta, tb)
             tol = 2e-4 if dtype == np.float32 else 1e-10
             np.testing.assert_allclose(out, want, rtol=tol, atol=tol * 4 * np.sqrt(k), err_msg=f"{step} {m}x{k}x{n}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_packed_path_of_few_rows_splits_columns_to_the_same_bits(dtype):
+    """A product of one row block (m <= MIN_BLOCK_ROWS) past the small-size threshold runs its
+    threads over B's micro-panels: the same result on one thread and on two, bit for bit, with
+    the bias and activation applied on the last k block only."""
+    backend = kernels.backend_module("cython")
+    ks = kernels.get("cython")
+    rng = np.random.default_rng(2)
+    for m, k, n in [(1, 300, 700), (5, 600, 1030), (32, 784, 1024), (64, 257, 999)]:
+        x, w = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+        bias = rng.standard_normal(n).astype(dtype)
+        want = np.maximum(x.astype(np.float64) @ w + bias, 0)
+        outs = []
+        for threads in (1, 2):
+            backend.set_threads(threads)
+            out = np.full((m, n), np.nan, dtype)
+            backend.linear(x, w, bias, out, ACT_RELU)
+            outs.append(out)
+        tol = 2e-4 if dtype == np.float32 else 1e-10
+        np.testing.assert_allclose(outs[1], want, rtol=tol, atol=tol * 4 * np.sqrt(k), err_msg=f"{m}x{k}x{n}")
+        np.testing.assert_array_equal(outs[0], outs[1])
+    backend.set_threads(ks.threads)
 
 
 def test_missing_extension_gives_a_hint(monkeypatch):
