@@ -184,7 +184,10 @@ def measure(threads=None, sets=None, trainer_runs=3) -> dict:
         todo = [t for t in todo if t[2] in sets]
     from bench.machine import describe
 
-    result = {"threads": threads, "dtype": "float32", "batch": 32, "cpu": describe()["cpu"], "sets": {},
+    from kernels import _isa
+
+    result = {"threads": threads, "dtype": "float32", "batch": 32, "cpu": describe()["cpu"],
+              "isa": _isa.selected(), "isa_forced": _isa.requested(), "sets": {},
               "unavailable": skipped,
               "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     for name, device, label in todo:

@@ -667,7 +667,7 @@ def group_tables(res: Results, peak):
     return "\n".join(lines)
 
 
-def first_call_section(fc):
+def first_call_section(fc, forced=()):
     if not fc:
         return "## First-call and compile costs\n\nNot measured (run `python -m bench.first_call`).\n"
     lines = ["## First-call and compile costs", "",
@@ -699,13 +699,14 @@ def first_call_section(fc):
     if worst:
         lines += ["", "Costliest first call per set (cold): " + "; ".join(
             f"`{n}` {op} {fmt_time(t)}" for n, (op, t) in worst.items()) + "."]
-    for name, rec in fc.get("trainer", {}).items():
+    # the trainer's first step: this run's, then each forced path's (first_call-<path>.json)
+    for name, rec, fc in [(n, r, f) for f in (fc, *forced) for n, r in f.get("trainer", {}).items()]:
         cold, warm = rec.get("cold_median"), rec.get("warm_median")
         if not (cold and warm):
             continue
         profile = next((r.get("compile_self_s") for r in rec.get("cold", []) if r.get("compile_self_s")), {})
         top = "; ".join(f"`{f}` {fmt_time(t)}" for f, t in list(profile.items())[:5])
-        cpu = f" on {fc['cpu']}" if fc.get("cpu") else ""
+        cpu = (f" on {fc['cpu']}" if fc.get("cpu") else "") + (f", {fc['isa']} path" if fc.get("isa") else "")
         lines += ["", f"`python -m nn.train --kernels {name}`{cpu}, from the process's launch to its first training "
                       f"step (medians of {rec['runs']} runs each, load average {cold['load_average_1min']:.1f} "
                       f"and {warm['load_average_1min']:.1f}): {fmt_time(cold['to_first_step_s'])} with an empty "
@@ -1113,7 +1114,7 @@ def write_report(results_dir: Path) -> Path:
         analysis(res, peak, fc, tta, paired, peers),
         ladder_section(res),
         train_section(res, tta),
-        first_call_section(fc),
+        first_call_section(fc, [f for p in sorted(results_dir.glob("first_call-*.json")) if (f := _load_json(p))]),
         "## Charts", "",
     ]
     for key, title in (("matmul", "matmul GFLOP/s against size"), ("ladder", "the matmul ladder"),
