@@ -302,9 +302,10 @@ def measure(sets=C.COMPILED_SETS, threads=None, quick=False, log=print, settle=S
     rows = []
     t_start = time.perf_counter()
     for key, s, what, a, b, scale in pairs(sets, threads, quick):
-        if keys and key not in keys and key.split("-")[0] not in keys:
+        family = key.split("-")[0]
+        if keys and key not in keys and family not in keys:
             continue
-        rounds = 3 if quick else ROUNDS[key.split("-")[0]]
+        rounds = 3 if quick else ROUNDS[family]
         row = {"key": key, "set": s, "what": what, **alternate(a, b, rounds, scale=scale, settle=settle)}
         rows.append(row)
         log(f"{what:70s} {row['value']:8.3f}  ({a.label} {row['a_s'] * 1e6:10.1f} us, "
@@ -352,11 +353,15 @@ def main(argv=None) -> int:
                      f"list of {', '.join(PAIRED_SETS)} (each is set beside numpy and torch)")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be 1 or more, got {args.threads}")
+    keys = [k for k in args.keys.split(",") if k] if args.keys is not None else None
+    if keys is not None and (not keys or any(k.split("-")[0] not in ROUNDS for k in keys)):
+        parser.error(f"--keys: unknown pair(s) {', '.join(k for k in keys if k.split('-')[0] not in ROUNDS) or '(none given)'}; "
+                     f"expected keys or families of {', '.join(ROUNDS)}")
     for s, reason in kernels.available().items():
         if s in names and reason is not None:
             print(f"{s}: skipped ({reason})")
-    result = measure(names, args.threads, args.quick, settle=SETTLE_S / 10 if args.quick else SETTLE_S,  # quick:
-                     keys=args.keys.split(",") if args.keys else None)                   # a smoke test, not a figure
+    settle = SETTLE_S / 10 if args.quick else SETTLE_S      # quick: a smoke test, not a figure
+    result = measure(names, args.threads, args.quick, settle=settle, keys=keys)
     out = write_json(args.out, result)
     print(f"-> {out} ({result['seconds']:.0f} s)")
     return 0

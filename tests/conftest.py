@@ -7,6 +7,8 @@ CI must not pass because the Cython build silently went missing.
 
 import functools
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ import pytest
 import kernels
 
 REQUIRE_ALL = os.environ.get("KERNELS_REQUIRE_ALL", "") not in ("", "0")
+ROOT = Path(__file__).resolve().parent.parent
 # The real MNIST test files, in the shared/ folder that sits beside the repository (CI too).
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
@@ -83,3 +86,12 @@ def ref_linear_backward(x, w, y, grad_y, relu):
     x, w, y, grad_y = (np.asarray(a, np.float64) for a in (x, w, y, grad_y))
     g = grad_y * (y > 0) if relu else grad_y
     return g @ w.T, x.T @ g, g.sum(axis=0)
+
+
+def assert_cli_refuses(module, args, message, out):
+    """``python -m module *args --out out`` exits 2 with ``message`` on stderr and no
+    traceback, and writes nothing to ``out``: how every bench command meets a bad option."""
+    proc = subprocess.run([sys.executable, "-m", module, *args, "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not Path(out).exists()

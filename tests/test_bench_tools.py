@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import assert_cli_refuses
 
 import kernels
 from bench.__main__ import other_paths, trim_benchmark_json
@@ -146,13 +147,11 @@ def test_paired_measures_every_target_and_the_report_judges_it(tmp_path):
     (["--sets", "numba,nope"], "unknown set(s) nope; expected a comma-separated list of numba, cython, torch"),
     (["--sets", ""], "unknown set(s) (none given)"),
     (["--threads", "0"], "--threads must be 1 or more, got 0"),
+    (["--keys", "shapez"], "--keys: unknown pair(s) shapez; expected keys or families of matmul"),
+    (["--keys", ""], "--keys: unknown pair(s) (none given)"),
 ])
 def test_paired_refuses_bad_arguments_with_a_message(args, says, tmp_path):
-    out = tmp_path / "paired.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.paired", *args, "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True)
-    assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr
-    assert not out.exists()
+    assert_cli_refuses("bench.paired", args, says, tmp_path / "paired.json")
 
 
 def _pair(key, s, value, a_s):

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import assert_cli_refuses
 
 from kernels._runtimes import DEFAULTS, ENV
 
@@ -108,8 +109,4 @@ def test_bench_mixing_runs_each_configuration_in_its_own_process(tmp_path):
     (["--rounds", "0"], "must be at least 1"),
 ])
 def test_bench_mixing_refuses_bad_arguments_with_a_message(args, says, tmp_path):
-    out = tmp_path / "mixing.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.mixing", *args, "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True)
-    assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr
-    assert not out.exists()
+    assert_cli_refuses("bench.mixing", args, says, tmp_path / "mixing.json")
