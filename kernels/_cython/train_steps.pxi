@@ -273,11 +273,12 @@ cdef void weight_grad_update(const floating *x, const floating *g, floating *w, 
     time, each thread with its own chunk_scratch in ws. Chunks start on multiples of MR, so
     every tile is the one the whole product computes: the same values, bit for bit (``skip``:
     zeros of x skipped, see chunk_product). For the small-size path only (g, the product's
-    B, is read in place). Chunks are handed out dynamically: with the skips, a chunk's work
-    is the number of its samples that are not background there, which varies across the
-    image, and a static split (13 chunks against 12 at 784 rows) left one thread waiting
-    for the other; the batch-128 step on the avx2 path went from 377 to 355 us (alternating
-    runs, the same bits)."""
+    B, is read in place). The threads take every other chunk: with the skips, a chunk's work
+    is the number of its samples that are not background there, which varies from the
+    image's top to its bottom, and a split into two runs of chunks left one thread waiting
+    for the other. Measured on the avx2 path (alternating runs, the same bits): the
+    batch-128 step 378 -> 359 us; handing chunks out dynamically did as well there but cost
+    2% at batch 32, where a chunk is a microsecond or two."""
     cdef Py_ssize_t rows = chunk_rows(n_out, sizeof(floating)), c
     cdef Py_ssize_t n_chunks = (n_in + rows - 1) // rows
     cdef Py_ssize_t per_thread = chunk_scratch(batch, n_out, sizeof(floating))
@@ -287,7 +288,7 @@ cdef void weight_grad_update(const floating *x, const floating *g, floating *w, 
         for c in range(n_chunks):
             grad_update_chunk(x, g, w, s1, s2, u, batch, n_in, n_out, c, ws, skip)
     else:
-        for c in prange(n_chunks, num_threads=nt, schedule="dynamic"):
+        for c in prange(n_chunks, num_threads=nt, schedule="static", chunksize=1):
             grad_update_chunk(x, g, w, s1, s2, u, batch, n_in, n_out, c,
                               ws + threadid() * per_thread, skip)
 
