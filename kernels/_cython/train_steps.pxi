@@ -195,17 +195,17 @@ cdef inline Py_ssize_t label_bucket(int64_t label, Py_ssize_t classes) noexcept 
 cdef void skip_edges(const floating *a, Py_ssize_t lda, bint trans_a, const floating *b,
                      Py_ssize_t ldb, floating *c, Py_ssize_t ldc, Py_ssize_t m, Py_ssize_t n,
                      Py_ssize_t k, const floating *bias, int act, floating *ws,
-                     int nthreads) noexcept nogil:
+                     int nthreads, bint rows_done=False) noexcept nogil:
     """What skip_strips leaves of C = op(A) B: the last columns (under a SKIP_NR tile) and
-    the rows under the dense kernel's last full strip, gemm_direct's as in the whole
-    product."""
+    (unless ``rows_done``: edge_row_tiles did them) the rows under the dense kernel's last
+    full strip, gemm_direct's as in the whole product."""
     cdef Py_ssize_t NR = skip_nr(sizeof(floating))
     cdef Py_ssize_t full_rows = skip_rows(m, sizeof(floating)), full_cols = n // NR * NR
     if full_cols < n:
         gemm_direct(a, lda, trans_a, b + full_cols, ldb, False, c + full_cols, ldc, m,
                     n - full_cols, k, bias + full_cols if bias != NULL else NULL, act, ws,
                     nthreads)
-    if full_rows < m:
+    if full_rows < m and not rows_done:
         gemm_direct(a + full_rows * (1 if trans_a else lda), lda, trans_a, b, ldb, False,
                     c + full_rows * ldc, ldc, m - full_rows, full_cols, k, bias, act, ws,
                     nthreads)
@@ -398,14 +398,45 @@ cdef void forward_skip(const floating *x, Py_ssize_t m, Py_ssize_t k, const floa
     rows_by_label(labels, full, classes, perm, perm + int_stride(m, sizeof(floating)))
     cdef int parts = threads_for(2.0 * full * (n // NR * NR) * k, PAR_MIN_FLOPS,
                                  min(strips, nthreads))
+    # The rows under the last full strip (128 = 21 * 6 + 2 on the avx2 path) are the dense
+    # kernel's, one small product that on its own would run on one thread (too few FLOPs to
+    # wake another) while the other waited: the threads share its tiles after their strips.
+    cdef Py_ssize_t edge_tiles = edge_row_tiles(m, n, sizeof(floating)), edge_per = 0
     if parts == 1:
         forward_strips(x, k, perm, w, n, h, n, n, k, bias, act, 0, strips, lists)
     elif parts > 1:
         per = (strips + parts - 1) // parts
+        edge_per = (edge_tiles + parts - 1) // parts
         for part in prange(parts, num_threads=parts, schedule="static"):
             forward_strips(x, k, perm, w, n, h, n, n, k, bias, act, part * per,
                            min((part + 1) * per, strips), lists + threadid() * stride)
-    skip_edges(x, k, False, w, n, h, n, m, n, k, bias, act, ws, nthreads)
+            edge_rows(x, w, h, m, n, k, bias, act, part * edge_per,
+                      min((part + 1) * edge_per, edge_tiles))
+    skip_edges(x, k, False, w, n, h, n, m, n, k, bias, act, ws, nthreads, parts > 1)
+
+
+cdef inline Py_ssize_t edge_row_tiles(Py_ssize_t m, Py_ssize_t n, size_t itemsize) noexcept nogil:
+    """The dense tiles of the rows under the skip kernels' last full strip, over the columns
+    of full SKIP_NR tiles (whole dense NR strips: SKIP_NR is a multiple of NR), that
+    edge_rows computes: gemm_direct's tiles of that product, in its order."""
+    cdef Py_ssize_t MR = MR_F32 if itemsize == 4 else MR_F64
+    cdef Py_ssize_t NR = NR_F32 if itemsize == 4 else NR_F64
+    cdef Py_ssize_t full = skip_rows(m, itemsize), full_cols = n // skip_nr(itemsize) * skip_nr(itemsize)
+    return (m - full + MR - 1) // MR * (full_cols // NR)
+
+
+cdef inline void edge_rows(const floating *x, const floating *w, floating *h, Py_ssize_t m,
+                           Py_ssize_t n, Py_ssize_t k, const floating *bias, int act,
+                           Py_ssize_t t0, Py_ssize_t t1) noexcept nogil:
+    """Tiles t0:t1 of edge_row_tiles' product, for h (m, n) = x (m, k) @ w (k, n), all three
+    row-major and contiguous: direct_tiles as gemm_direct runs them (w read in place, no
+    partial column strip), so the same bits."""
+    cdef Py_ssize_t NR = NR_F32 if floating is float else NR_F64
+    cdef Py_ssize_t full = skip_rows(m, sizeof(floating))
+    cdef Py_ssize_t full_cols = n // skip_nr(sizeof(floating)) * skip_nr(sizeof(floating))
+    if t0 < t1:
+        direct_tiles(x + full * k, k, False, w, n, NR, NULL, NR, h + full * n, n, m - full,
+                     full_cols, k, bias, act, t0, t1)
 
 
 cdef inline Py_ssize_t forward_scratch(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
