@@ -167,11 +167,18 @@ static void NAME##_rows(const Update *u, const T *xp, const T *g, T *w, T *s1, T
     }                                                                                        \
 }                                                                                            \
                                                                                              \
+/* The sum of v's lanes, as a tree (each half added to the other, VL/2 lanes, then VL/4, \
+ * ...), which the compiler turns into shuffles and vector adds: summed lane after lane it \
+ * was a chain of VL dependent scalar adds, and at 784-128-64-10 the second layer's        \
+ * backward (128 dot products of 64) took 0.91 us instead of 0.45 (avx512, one core). */    \
 static inline T NAME##_sum(V v)                                                              \
 {                                                                                            \
-    T s = 0;                                                                                 \
-    for (int l = 0; l < VL; l++) s += v[l];                                                  \
-    return s;                                                                                \
+    T lanes[VL];                                                                             \
+    memcpy(lanes, &v, sizeof v);                                                             \
+    for (int half = VL / 2; half >= 1; half /= 2)                                            \
+        for (int l = 0; l < half; l++)                                                       \
+            lanes[l] += lanes[l + half];                                                     \
+    return lanes[0];                                                                         \
 }                                                                                            \
                                                                                              \
 static void NAME##_backward(const T *w, const T *g, T *out, long n_in, long n_out)          \
@@ -188,7 +195,13 @@ static void NAME##_backward(const T *w, const T *g, T *out, long n_in, long n_ou
             a2 += *(const V *)(w0 + 2 * n_out + j) * gj;                                     \
             a3 += *(const V *)(w0 + 3 * n_out + j) * gj;                                     \
         }                                                                                    \
-        T s0 = NAME##_sum(a0), s1 = NAME##_sum(a1), s2 = NAME##_sum(a2), s3 = NAME##_sum(a3); \
+        T s0 = 0, s1 = 0, s2 = 0, s3 = 0;                                                   \
+        if (whole) {                        /* (a layer narrower than a vector has none) */ \
+            s0 = NAME##_sum(a0);                                                             \
+            s1 = NAME##_sum(a1);                                                             \
+            s2 = NAME##_sum(a2);                                                             \
+            s3 = NAME##_sum(a3);                                                             \
+        }                                                                                    \
         for (long j = whole; j < n_out; j++) {                                               \
             s0 += w0[j] * g[j];                                                              \
             s1 += w0[n_out + j] * g[j];                                                      \
